@@ -1,0 +1,59 @@
+// Portable "vector" of 8 floats in plain C++, for the tile templates in tiles.h. The compiler
+// vectorises the loops with whatever the baseline target offers (SSE2 on x86-64, NEON on arm64).
+#pragma once
+
+namespace moe {
+
+struct VecGeneric {
+  static constexpr int W = 8;
+  struct T {
+    float v[W];
+  };
+  using Mask = int;  // number of active lanes, counted from lane 0
+  static constexpr int kDotRows = 4, kDotCols = 2;
+  static constexpr int kOuterRows = 4;
+
+  static T zero() { return T{}; }
+  static T load(const float* p) {
+    T r;
+    for (int i = 0; i < W; ++i) r.v[i] = p[i];
+    return r;
+  }
+  static void store(float* p, T a) {
+    for (int i = 0; i < W; ++i) p[i] = a.v[i];
+  }
+  static T bcast(const float* p) {
+    T r;
+    for (int i = 0; i < W; ++i) r.v[i] = *p;
+    return r;
+  }
+  static T fma(T a, T b, T c) {
+    for (int i = 0; i < W; ++i) c.v[i] += a.v[i] * b.v[i];
+    return c;
+  }
+  static T in_register(T v) { return v; }
+  static T add(T a, T b) {
+    for (int i = 0; i < W; ++i) a.v[i] += b.v[i];
+    return a;
+  }
+  static Mask mask(int n) { return n; }
+  static T load(const float* p, Mask m) {
+    T r{};
+    for (int i = 0; i < m; ++i) r.v[i] = p[i];
+    return r;
+  }
+  static void store(float* p, Mask m, T a) {
+    for (int i = 0; i < m; ++i) p[i] = a.v[i];
+  }
+  static void reduce4(T a, T b, T c, T d, float* out) {
+    out[0] = out[1] = out[2] = out[3] = 0.0f;
+    for (int i = 0; i < W; ++i) {
+      out[0] += a.v[i];
+      out[1] += b.v[i];
+      out[2] += c.v[i];
+      out[3] += d.v[i];
+    }
+  }
+};
+
+}  // namespace moe

@@ -1,0 +1,202 @@
+// Grouped GEMM drivers: split the work of all experts into cache-sized tasks, run them on the
+// thread pool, and hand each task's tiles to the micro-kernels of gemm/kernels.h.
+#include "moe_fused_linear.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "gemm/kernels.h"
+#include "thread_pool.h"
+
+namespace moe {
+namespace {
+
+// Below this K the forward pass uses outer-product tiles: an inner product over a short K
+// would spend most of its time in the final horizontal sums.
+constexpr int64_t kDotMinK = 64;
+// Inner-product tasks: 64 rows of x against all rows of w (fewer when that leaves threads
+// idle), reduced in slices of kDotDepth so that one packed row group of x stays in L1.
+constexpr int64_t kDotRowBlock = 64, kDotColBlock = 64, kDotDepth = 1024;
+// Outer-product tasks: row blocks (a multiple of every ISA's outer_rows), full rows of C when
+// there are enough tasks (long sequential reads of B and writes of C), else kColBlock columns.
+constexpr int64_t kOuterRowBlock = 96, kGradRowBlock = 48, kColBlock = 512;
+// Packed B panels: columns in chunks of kChunk, depth chosen so a panel is ≈ kPanelFloats.
+constexpr int64_t kChunk = 32, kPanelFloats = 128 * 1024;
+
+// Element (r, c) of a strided matrix view is data[r·rs + c·cs].
+struct View {
+  const float* data;
+  int64_t rs, cs;
+  const float* at(int64_t r, int64_t c) const { return data + r * rs + c * cs; }
+};
+
+struct Task {
+  int64_t expert, row0, rows, col0, cols;
+};
+
+std::vector<int64_t> row_offsets(const int32_t* group_sizes, int64_t E) {
+  std::vector<int64_t> offsets(E + 1, 0);
+  for (int64_t e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + group_sizes[e];
+  return offsets;
+}
+
+// Tiles [0, rows_of(e)) × [0, cols) of every expert into tasks.
+template <class RowsOf>
+std::vector<Task> make_tasks(int64_t E, RowsOf rows_of, int64_t cols, int64_t row_block,
+                             int64_t col_block) {
+  std::vector<Task> tasks;
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t r = 0; r < rows_of(e); r += row_block)
+      for (int64_t c = 0; c < cols; c += col_block)
+        tasks.push_back({e, r, std::min(row_block, rows_of(e) - r), c, std::min(col_block, cols - c)});
+  return tasks;
+}
+
+// Full-width column blocks unless that leaves too few tasks to keep every thread busy.
+template <class RowsOf>
+std::vector<Task> split_tasks(int64_t E, RowsOf rows_of, int64_t cols, int64_t row_block) {
+  int64_t row_blocks = 0;
+  for (int64_t e = 0; e < E; ++e) row_blocks += (rows_of(e) + row_block - 1) / row_block;
+  const bool split = row_blocks < 4 * num_threads();
+  return make_tasks(E, rows_of, cols, row_block, split ? kColBlock : std::max<int64_t>(cols, 1));
+}
+
+void run_tasks(const std::vector<Task>& tasks, const std::function<void(const Task&)>& fn) {
+  parallel_for(static_cast<int64_t>(tasks.size()), [&](int64_t i) { fn(tasks[i]); });
+}
+
+// Scratch memory private to the calling thread, reused across calls.
+float* scratch(std::vector<float>& buffer, int64_t floats) {
+  if (static_cast<int64_t>(buffer.size()) < floats) buffer.resize(floats);
+  return buffer.data();
+}
+
+void zero_rows(float* C, int64_t rows, int64_t cols, int64_t ldc) {
+  for (int64_t i = 0; i < rows; ++i) std::memset(C + i * ldc, 0, cols * sizeof(float));
+}
+
+// C[rows × cols] = A · B over a reduction of length P, with A(i, p) and B(p, j) read through
+// strided views. Per reduction panel, B is copied into column chunks ([chunk][p][kChunk],
+// read sequentially from its source, then from L2) and A into row groups ([group][p][mr],
+// the broadcast order of the outer-product tiles).
+void outer_gemm(const GemmKernels& k, int64_t rows, int64_t cols, int64_t P, View A, View B,
+                float* C, int64_t ldc) {
+  if (P == 0) return zero_rows(C, rows, cols, ldc);
+  const int64_t chunks = (cols + kChunk - 1) / kChunk;
+  const int64_t depth = std::min(P, std::max<int64_t>(16, kPanelFloats / (chunks * kChunk)));
+  thread_local std::vector<float> a_buffer, b_buffer;
+  float* apack = scratch(a_buffer, rows * depth);
+  float* bpack = scratch(b_buffer, chunks * depth * kChunk);
+  for (int64_t p0 = 0; p0 < P; p0 += depth) {
+    const int64_t d = std::min(depth, P - p0);
+    for (int64_t p = 0; p < d; ++p)
+      for (int64_t c = 0; c < chunks; ++c) {
+        float* dst = bpack + (c * d + p) * kChunk;
+        const int64_t nc = std::min(kChunk, cols - c * kChunk);
+        if (B.cs == 1) {
+          std::memcpy(dst, B.at(p0 + p, c * kChunk), nc * sizeof(float));
+        } else {
+          for (int64_t j = 0; j < nc; ++j) dst[j] = *B.at(p0 + p, c * kChunk + j);
+        }
+      }
+    for (int64_t i0 = 0; i0 < rows; i0 += k.outer_rows) {
+      const int64_t mr = std::min<int64_t>(k.outer_rows, rows - i0);
+      float* panel = apack + i0 * d;
+      for (int64_t i = 0; i < mr; ++i)
+        for (int64_t p = 0; p < d; ++p) panel[p * mr + i] = *A.at(i0 + i, p0 + p);
+    }
+    for (int64_t i0 = 0; i0 < rows; i0 += k.outer_rows) {
+      const int mr = static_cast<int>(std::min<int64_t>(k.outer_rows, rows - i0));
+      for (int64_t c = 0; c < chunks; ++c)
+        k.outer(mr, std::min(kChunk, cols - c * kChunk), d, apack + i0 * d, mr,
+                bpack + c * d * kChunk, kChunk, C + i0 * ldc + c * kChunk, ldc, p0 > 0);
+    }
+  }
+}
+
+// y_e = x_e · w_eᵀ with inner-product tiles: rows of x and of w are both contiguous along K.
+void forward_dot(const float* x, const float* w, const std::vector<int64_t>& off, float* y,
+                 int64_t K, int64_t N, int64_t E) {
+  const GemmKernels& k = active_kernels();
+  auto rows_of = [&](int64_t e) { return off[e + 1] - off[e]; };
+  run_tasks(split_tasks(E, rows_of, N, kDotRowBlock), [&](const Task& t) {
+    const float* xe = x + (off[t.expert] + t.row0) * K;
+    const float* we = w + (t.expert * N + t.col0) * K;
+    float* ye = y + (off[t.expert] + t.row0) * N + t.col0;
+    const int64_t padded = (std::min(kDotDepth, K) + k.width - 1) / k.width * k.width;
+    thread_local std::vector<float> a_buffer;
+    float* apack = scratch(a_buffer, (t.rows + k.dot_rows) * padded);
+    for (int64_t k0 = 0; k0 < K; k0 += kDotDepth) {
+      const int64_t depth = std::min(kDotDepth, K - k0);
+      for (int64_t i = 0; i < t.rows; i += k.dot_rows)
+        k.pack_dot(static_cast<int>(std::min<int64_t>(k.dot_rows, t.rows - i)), depth,
+                   xe + i * K + k0, K, apack + i * padded);
+      for (int64_t j0 = 0; j0 < t.cols; j0 += kDotColBlock)  // kDotColBlock rows of w in L2
+        for (int64_t i = 0; i < t.rows; i += k.dot_rows) {
+          const int mr = static_cast<int>(std::min<int64_t>(k.dot_rows, t.rows - i));
+          for (int64_t j = j0; j < std::min(t.cols, j0 + kDotColBlock); j += k.dot_cols) {
+            const int nr = static_cast<int>(std::min<int64_t>(k.dot_cols, t.cols - j));
+            k.dot(mr, nr, depth, apack + i * padded, we + j * K + k0, K, ye + i * N + j, N, k0 > 0);
+          }
+        }
+    }
+  });
+}
+
+// y_e = x_e · b_e with outer-product tiles, where b_e (K × N) is w_eᵀ (short-K forward) or
+// w_e as stored ([E, K, N], the transposed weight of dX = dY · W).
+void forward_outer(const float* x, const float* w, const std::vector<int64_t>& off, float* y,
+                   int64_t K, int64_t N, int64_t E, bool transpose_weight) {
+  const GemmKernels& k = active_kernels();
+  auto rows_of = [&](int64_t e) { return off[e + 1] - off[e]; };
+  run_tasks(split_tasks(E, rows_of, N, kOuterRowBlock), [&](const Task& t) {
+    const float* we = w + t.expert * K * N;
+    const View b = transpose_weight ? View{we + t.col0, N, 1} : View{we + t.col0 * K, 1, K};
+    const int64_t row = off[t.expert] + t.row0;
+    outer_gemm(k, t.rows, t.cols, K, View{x + row * K, K, 1}, b, y + row * N + t.col0, N);
+  });
+}
+
+}  // namespace
+
+std::string check_group_sizes(const int32_t* group_sizes, int64_t num_experts, int64_t num_rows) {
+  int64_t total = 0;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    if (group_sizes[e] < 0)
+      return "groupSizes must be non-negative, but groupSizes[" + std::to_string(e) +
+             "] = " + std::to_string(group_sizes[e]);
+    total += group_sizes[e];
+  }
+  if (total != num_rows)
+    return "groupSizes must sum to the number of rows of x (" + std::to_string(num_rows) +
+           "), but they sum to " + std::to_string(total);
+  return "";
+}
+
+void moe_fused_linear(const float* x, const float* w, const int32_t* group_sizes, float* y,
+                      int64_t M, int64_t K, int64_t N, int64_t E, bool transpose_weight) {
+  if (M == 0 || N == 0) return;
+  const std::vector<int64_t> off = row_offsets(group_sizes, E);
+  if (!transpose_weight && K >= kDotMinK)
+    forward_dot(x, w, off, y, K, N, E);
+  else
+    forward_outer(x, w, off, y, K, N, E, transpose_weight);
+}
+
+void moe_fused_linear_grad_weight(const float* x, const float* dy, const int32_t* group_sizes,
+                                  float* dw, int64_t M, int64_t K, int64_t N, int64_t E) {
+  if (N == 0 || K == 0) return;
+  const GemmKernels& k = active_kernels();
+  const std::vector<int64_t> off = row_offsets(group_sizes, E);
+  // dw_e (N × K) = dy_eᵀ · x_e: A(i, p) = dy[p·N + i], B(p, j) = x[p·K + j].
+  run_tasks(split_tasks(E, [&](int64_t) { return N; }, K, kGradRowBlock), [&](const Task& t) {
+    const int64_t m0 = off[t.expert], P = off[t.expert + 1] - m0;
+    outer_gemm(k, t.rows, t.cols, P, View{dy + m0 * N + t.row0, 1, N}, View{x + m0 * K + t.col0, K, 1},
+               dw + (t.expert * N + t.row0) * K + t.col0, K);
+  });
+}
+
+const char* isa_name() { return active_kernels().name; }
+
+}  // namespace moe
