@@ -12,17 +12,11 @@
 namespace moe {
 namespace {
 
-// Below this K the forward pass uses outer-product tiles: an inner product over a short K
-// would spend most of its time in the final horizontal sums.
-constexpr int64_t kDotMinK = 64;
-// Inner-product tasks: 64 rows of x against all rows of w (fewer when that leaves threads
-// idle), reduced in slices of kDotDepth so that one packed row group of x stays in L1.
-constexpr int64_t kDotRowBlock = 64, kDotColBlock = 64, kDotDepth = 1024;
-// Outer-product tasks: row blocks (a multiple of every ISA's outer_rows), full rows of C when
-// there are enough tasks (long sequential reads of B and writes of C), else kColBlock columns.
-constexpr int64_t kOuterRowBlock = 96, kGradRowBlock = 48, kColBlock = 512;
-// Packed B panels: columns in chunks of kChunk, depth chosen so a panel is ≈ kPanelFloats.
-constexpr int64_t kChunk = 32, kPanelFloats = 128 * 1024;
+// Tasks: row blocks of C (a multiple of every ISA's outer_rows) by full rows of C when there
+// are enough tasks (long sequential reads of B and writes of C), else kColBlock columns.
+constexpr int64_t kRowBlock = 96, kGradRowBlock = 48, kColBlock = 512;
+// Packed B panels hold about kPanelFloats (512 KB of L2): their depth follows from the width.
+constexpr int64_t kPanelFloats = 128 * 1024;
 
 // Element (r, c) of a strided matrix view is data[r·rs + c·cs].
 struct View {
@@ -77,9 +71,9 @@ void zero_rows(float* C, int64_t rows, int64_t cols, int64_t ldc) {
 }
 
 // C[rows × cols] = A · B over a reduction of length P, with A(i, p) and B(p, j) read through
-// strided views. Per reduction panel, B is copied into column chunks ([chunk][p][kChunk],
-// read sequentially from its source, then from L2) and A into row groups ([group][p][mr],
-// the broadcast order of the outer-product tiles).
+// strided views (B must have rs == 1 or cs == 1). Per reduction panel, B is copied into column
+// chunks ([chunk][p][kChunk], read once from its source, then from L2) and A into row groups
+// ([group][p][mr], the broadcast order of the outer-product tiles).
 void outer_gemm(const GemmKernels& k, int64_t rows, int64_t cols, int64_t P, View A, View B,
                 float* C, int64_t ldc) {
   if (P == 0) return zero_rows(C, rows, cols, ldc);
@@ -90,22 +84,17 @@ void outer_gemm(const GemmKernels& k, int64_t rows, int64_t cols, int64_t P, Vie
   float* bpack = scratch(b_buffer, chunks * depth * kChunk);
   for (int64_t p0 = 0; p0 < P; p0 += depth) {
     const int64_t d = std::min(depth, P - p0);
-    for (int64_t p = 0; p < d; ++p)
-      for (int64_t c = 0; c < chunks; ++c) {
-        float* dst = bpack + (c * d + p) * kChunk;
-        const int64_t nc = std::min(kChunk, cols - c * kChunk);
-        if (B.cs == 1) {
-          std::memcpy(dst, B.at(p0 + p, c * kChunk), nc * sizeof(float));
-        } else {
-          for (int64_t j = 0; j < nc; ++j) dst[j] = *B.at(p0 + p, c * kChunk + j);
-        }
-      }
-    for (int64_t i0 = 0; i0 < rows; i0 += k.outer_rows) {
-      const int64_t mr = std::min<int64_t>(k.outer_rows, rows - i0);
-      float* panel = apack + i0 * d;
-      for (int64_t i = 0; i < mr; ++i)
-        for (int64_t p = 0; p < d; ++p) panel[p * mr + i] = *A.at(i0 + i, p0 + p);
+    if (B.cs == 1) {  // rows of B are contiguous: copy them chunk by chunk
+      for (int64_t p = 0; p < d; ++p)
+        for (int64_t c = 0; c < chunks; ++c)
+          std::memcpy(bpack + (c * d + p) * kChunk, B.at(p0 + p, c * kChunk),
+                      std::min(kChunk, cols - c * kChunk) * sizeof(float));
+    } else {  // columns of B are contiguous (B = wᵀ): transpose while packing
+      k.pack_transposed(d, cols, B.at(p0, 0), B.cs, bpack);
     }
+    for (int64_t i0 = 0; i0 < rows; i0 += k.outer_rows)
+      k.pack_rows(static_cast<int>(std::min<int64_t>(k.outer_rows, rows - i0)), d, A.at(i0, p0), A.rs, A.cs,
+                  apack + i0 * d);
     for (int64_t i0 = 0; i0 < rows; i0 += k.outer_rows) {
       const int mr = static_cast<int>(std::min<int64_t>(k.outer_rows, rows - i0));
       for (int64_t c = 0; c < chunks; ++c)
@@ -115,42 +104,13 @@ void outer_gemm(const GemmKernels& k, int64_t rows, int64_t cols, int64_t P, Vie
   }
 }
 
-// y_e = x_e · w_eᵀ with inner-product tiles: rows of x and of w are both contiguous along K.
-void forward_dot(const float* x, const float* w, const std::vector<int64_t>& off, float* y,
-                 int64_t K, int64_t N, int64_t E) {
-  const GemmKernels& k = active_kernels();
-  auto rows_of = [&](int64_t e) { return off[e + 1] - off[e]; };
-  run_tasks(split_tasks(E, rows_of, N, kDotRowBlock), [&](const Task& t) {
-    const float* xe = x + (off[t.expert] + t.row0) * K;
-    const float* we = w + (t.expert * N + t.col0) * K;
-    float* ye = y + (off[t.expert] + t.row0) * N + t.col0;
-    const int64_t padded = (std::min(kDotDepth, K) + k.width - 1) / k.width * k.width;
-    thread_local std::vector<float> a_buffer;
-    float* apack = scratch(a_buffer, (t.rows + k.dot_rows) * padded);
-    for (int64_t k0 = 0; k0 < K; k0 += kDotDepth) {
-      const int64_t depth = std::min(kDotDepth, K - k0);
-      for (int64_t i = 0; i < t.rows; i += k.dot_rows)
-        k.pack_dot(static_cast<int>(std::min<int64_t>(k.dot_rows, t.rows - i)), depth,
-                   xe + i * K + k0, K, apack + i * padded);
-      for (int64_t j0 = 0; j0 < t.cols; j0 += kDotColBlock)  // kDotColBlock rows of w in L2
-        for (int64_t i = 0; i < t.rows; i += k.dot_rows) {
-          const int mr = static_cast<int>(std::min<int64_t>(k.dot_rows, t.rows - i));
-          for (int64_t j = j0; j < std::min(t.cols, j0 + kDotColBlock); j += k.dot_cols) {
-            const int nr = static_cast<int>(std::min<int64_t>(k.dot_cols, t.cols - j));
-            k.dot(mr, nr, depth, apack + i * padded, we + j * K + k0, K, ye + i * N + j, N, k0 > 0);
-          }
-        }
-    }
-  });
-}
-
-// y_e = x_e · b_e with outer-product tiles, where b_e (K × N) is w_eᵀ (short-K forward) or
-// w_e as stored ([E, K, N], the transposed weight of dX = dY · W).
-void forward_outer(const float* x, const float* w, const std::vector<int64_t>& off, float* y,
+// y_e = x_e · b_e, where b_e (K × N) is w_eᵀ ([E, N, K], the forward pass) or w_e as stored
+// ([E, K, N], the transposed weight of dX = dY · W).
+void forward(const float* x, const float* w, const std::vector<int64_t>& off, float* y,
                    int64_t K, int64_t N, int64_t E, bool transpose_weight) {
   const GemmKernels& k = active_kernels();
   auto rows_of = [&](int64_t e) { return off[e + 1] - off[e]; };
-  run_tasks(split_tasks(E, rows_of, N, kOuterRowBlock), [&](const Task& t) {
+  run_tasks(split_tasks(E, rows_of, N, kRowBlock), [&](const Task& t) {
     const float* we = w + t.expert * K * N;
     const View b = transpose_weight ? View{we + t.col0, N, 1} : View{we + t.col0 * K, 1, K};
     const int64_t row = off[t.expert] + t.row0;
@@ -177,11 +137,7 @@ std::string check_group_sizes(const int32_t* group_sizes, int64_t num_experts, i
 void moe_fused_linear(const float* x, const float* w, const int32_t* group_sizes, float* y,
                       int64_t M, int64_t K, int64_t N, int64_t E, bool transpose_weight) {
   if (M == 0 || N == 0) return;
-  const std::vector<int64_t> off = row_offsets(group_sizes, E);
-  if (!transpose_weight && K >= kDotMinK)
-    forward_dot(x, w, off, y, K, N, E);
-  else
-    forward_outer(x, w, off, y, K, N, E, transpose_weight);
+  forward(x, w, row_offsets(group_sizes, E), y, K, N, E, transpose_weight);
 }
 
 void moe_fused_linear_grad_weight(const float* x, const float* dy, const int32_t* group_sizes,

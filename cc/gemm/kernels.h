@@ -8,19 +8,19 @@ namespace moe {
 using OuterRowsFn = void (*)(int64_t nc, int64_t P, const float* A, int64_t lda, const float* B,
                              int64_t ldb, float* C, int64_t ldc, bool accumulate);
 
+// Outer-product tiles read B in column chunks of kChunk floats ([chunk][p][kChunk]).
+constexpr int64_t kChunk = 32;
+
 struct GemmKernels {
   const char* name;
-  int dot_rows, dot_cols;  // largest tile of `dot`
-  int width;               // floats per vector
-  int outer_rows;          // largest row count of `outer`
-  // C[i][j] (+)= Σ_{k<K} A(i, k) · B[j·ldb + k], for i < mr ≤ dot_rows, j < nr ≤ dot_cols,
-  // with A packed by pack_dot (dot_rows × round_up(K, width) floats).
-  void (*dot)(int mr, int nr, int64_t K, const float* A, const float* B, int64_t ldb, float* C,
-              int64_t ldc, bool accumulate);
-  void (*pack_dot)(int mr, int64_t K, const float* A, int64_t lda, float* packed);
+  int outer_rows;  // largest row count of `outer`
   // C[i][j] (+)= Σ_{p<P} A[p·lda + i] · B[p·ldb + j], for i < mr ≤ outer_rows, j < nc.
   void (*outer)(int mr, int64_t nc, int64_t P, const float* A, int64_t lda, const float* B,
                 int64_t ldb, float* C, int64_t ldc, bool accumulate);
+  // Packs A(i, p) = src[i·rs + p·cs], i < mr ≤ outer_rows, p < depth, as dst[p·mr + i].
+  void (*pack_rows)(int mr, int64_t depth, const float* src, int64_t rs, int64_t cs, float* dst);
+  // Packs B(p, j) = src[j·lds + p], p < depth, j < cols, into kChunk-column chunks.
+  void (*pack_transposed)(int64_t depth, int64_t cols, const float* src, int64_t lds, float* dst);
 };
 
 const GemmKernels& kernels_avx512();

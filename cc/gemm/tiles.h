@@ -12,61 +12,6 @@
 
 namespace moe {
 
-// Inner-product tile, for C = A · Bᵀ with both operands contiguous along the reduction:
-//   C[i][j] = (accumulate ? C[i][j] : 0) + Σ_{k<K} A(i, k) · B[j·ldb + k]
-// for i < mr ≤ V::kDotRows and j < nr ≤ V::kDotCols. A comes packed by pack_dot_rows: one
-// sequential stream instead of kDotRows strided ones. Columns past nr alias column 0; their
-// sums are computed and dropped, which keeps one fully unrolled body for every edge.
-template <class V>
-void dot_tile(int mr, int nr, int64_t K, const float* A, const float* B, int64_t ldb, float* C,
-              int64_t ldc, bool accumulate) {
-  constexpr int R = V::kDotRows, S = V::kDotCols, W = V::W;
-  static_assert(R * S % 4 == 0, "reduce4 folds four accumulators at a time");
-  using T = typename V::T;
-  const float* b[S];
-  for (int j = 0; j < S; ++j) b[j] = B + (j < nr ? j : 0) * ldb;
-  T acc[R * S];
-  for (int i = 0; i < R * S; ++i) acc[i] = V::zero();
-  auto step = [&](const T* bv) {
-    for (int i = 0; i < R; ++i) {
-      T av = V::in_register(V::load(A + i * W));
-      for (int j = 0; j < S; ++j) acc[i * S + j] = V::fma(av, bv[j], acc[i * S + j]);
-    }
-    A += R * W;
-  };
-  int64_t k = 0;
-  for (; k + W <= K; k += W) {
-    T bv[S];
-    for (int j = 0; j < S; ++j) bv[j] = V::load(b[j] + k);
-    step(bv);
-  }
-  if (k < K) {  // K tail: B lanes past K load as 0 (the packed A is zero there too)
-    const typename V::Mask m = V::mask(static_cast<int>(K - k));
-    T bv[S];
-    for (int j = 0; j < S; ++j) bv[j] = V::load(b[j] + k, m);
-    step(bv);
-  }
-  float sum[R * S];
-  for (int i = 0; i < R * S; i += 4) V::reduce4(acc[i], acc[i + 1], acc[i + 2], acc[i + 3], sum + i);
-  for (int i = 0; i < mr; ++i) {
-    float* c = C + i * ldc;
-    for (int j = 0; j < nr; ++j) c[j] = accumulate ? c[j] + sum[i * S + j] : sum[i * S + j];
-  }
-}
-
-// Packs mr ≤ V::kDotRows rows of A (row stride lda, K columns) for dot_tile: slices of V::W
-// columns, row after row, [k / W][i][k % W], zero beyond mr rows and K columns.
-template <class V>
-void pack_dot_rows(int mr, int64_t K, const float* A, int64_t lda, float* packed) {
-  constexpr int R = V::kDotRows, W = V::W;
-  for (int64_t k = 0; k < K; k += W, packed += R * W) {
-    const typename V::Mask m = V::mask(K - k < W ? static_cast<int>(K - k) : W);
-    for (int i = 0; i < R; ++i)
-      V::store(packed + i * W, i >= mr ? V::zero() : K - k < W ? V::load(A + i * lda + k, m)
-                                                               : V::load(A + i * lda + k));
-  }
-}
-
 // Outer-product tile of MR rows and NV vectors of columns, for C = A · B with A stored
 // "reduction-major" and B contiguous along its columns:
 //   C[i][j] = (accumulate ? C[i][j] : 0) + Σ_{p<P} A[p·lda + i] · B[p·ldb + j]
@@ -131,10 +76,57 @@ void outer_block(int mr, int64_t nc, int64_t P, const float* A, int64_t lda, con
   table[mr - 1](nc, P, A, lda, B, ldb, C, ldc, accumulate);
 }
 
+// Packs B(p, j) = src[j·lds + p] (rows of src are columns of B, e.g. w_e for y = x · w_eᵀ)
+// into column chunks for outer_block: dst[(j / kChunk)·depth·kChunk + p·kChunk + j % kChunk],
+// W × W blocks at a time through an in-register transpose.
+template <class V>
+void pack_transposed(int64_t depth, int64_t cols, const float* src, int64_t lds, float* dst) {
+  constexpr int W = V::W;
+  static_assert(kChunk % W == 0, "a chunk holds whole vectors");
+  auto out = [&](int64_t p, int64_t j) { return dst + (j / kChunk) * depth * kChunk + p * kChunk + j % kChunk; };
+  for (int64_t j0 = 0; j0 < cols; j0 += W) {
+    for (int64_t p0 = 0; p0 < depth; p0 += W) {
+      if (j0 + W <= cols && p0 + W <= depth) {
+        typename V::T block[W];
+        for (int r = 0; r < W; ++r) block[r] = V::load(src + (j0 + r) * lds + p0);
+        V::transpose(block);
+        for (int r = 0; r < W; ++r) V::store(out(p0 + r, j0), block[r]);
+      } else {  // ragged edge
+        for (int64_t j = j0; j < cols && j < j0 + W; ++j)
+          for (int64_t p = p0; p < depth && p < p0 + W; ++p) *out(p, j) = src[j * lds + p];
+      }
+    }
+  }
+}
+
+// Packs mr ≤ V::kOuterRows rows of A, A(i, p) = src[i·rs + p·cs], reduction-major for
+// outer_block: dst[p·mr + i]. Rows contiguous along p (cs = 1) go through W × W transposes;
+// columns contiguous along i (rs = 1) are one masked copy per p.
+template <class V>
+void pack_rows(int mr, int64_t depth, const float* src, int64_t rs, int64_t cs, float* dst) {
+  constexpr int W = V::W;
+  static_assert(V::kOuterRows <= W, "a row group fits in one vector");
+  const typename V::Mask rows = V::mask(mr);
+  if (cs == 1) {
+    for (int64_t p0 = 0; p0 < depth; p0 += W) {
+      const int w = depth - p0 < W ? static_cast<int>(depth - p0) : W;
+      const typename V::Mask cols = V::mask(w);
+      typename V::T block[W];
+      for (int i = 0; i < W; ++i) block[i] = i < mr ? V::load(src + i * rs + p0, cols) : V::zero();
+      V::transpose(block);
+      for (int p = 0; p < w; ++p) V::store(dst + (p0 + p) * mr, rows, block[p]);
+    }
+  } else if (rs == 1) {
+    for (int64_t p = 0; p < depth; ++p) V::store(dst + p * mr, rows, V::load(src + p * cs, rows));
+  } else {
+    for (int64_t p = 0; p < depth; ++p)
+      for (int i = 0; i < mr; ++i) dst[p * mr + i] = src[i * rs + p * cs];
+  }
+}
+
 template <class V>
 GemmKernels make_kernels(const char* name) {
-  return GemmKernels{name,           V::kDotRows,     V::kDotCols, V::W, V::kOuterRows,
-                     &dot_tile<V>,   &pack_dot_rows<V>, &outer_block<V>};
+  return GemmKernels{name, V::kOuterRows, &outer_block<V>, &pack_rows<V>, &pack_transposed<V>};
 }
 
 }  // namespace moe

@@ -10,7 +10,6 @@ struct VecGeneric {
     float v[W];
   };
   using Mask = int;  // number of active lanes, counted from lane 0
-  static constexpr int kDotRows = 4, kDotCols = 2;
   static constexpr int kOuterRows = 4;
 
   static T zero() { return T{}; }
@@ -31,7 +30,6 @@ struct VecGeneric {
     for (int i = 0; i < W; ++i) c.v[i] += a.v[i] * b.v[i];
     return c;
   }
-  static T in_register(T v) { return v; }
   static T add(T a, T b) {
     for (int i = 0; i < W; ++i) a.v[i] += b.v[i];
     return a;
@@ -45,14 +43,13 @@ struct VecGeneric {
   static void store(float* p, Mask m, T a) {
     for (int i = 0; i < m; ++i) p[i] = a.v[i];
   }
-  static void reduce4(T a, T b, T c, T d, float* out) {
-    out[0] = out[1] = out[2] = out[3] = 0.0f;
-    for (int i = 0; i < W; ++i) {
-      out[0] += a.v[i];
-      out[1] += b.v[i];
-      out[2] += c.v[i];
-      out[3] += d.v[i];
-    }
+  static void transpose(T r[W]) {
+    for (int i = 0; i < W; ++i)
+      for (int j = i + 1; j < W; ++j) {
+        float v = r[i].v[j];
+        r[i].v[j] = r[j].v[i];
+        r[j].v[i] = v;
+      }
   }
 };
 
