@@ -1,7 +1,8 @@
 /**
  * npm run bench: GFLOP/s of MoeFusedLinear forward, dX and dW on Qwen3-30B-A3B expert shapes
  * (E = 128), for every implementation, in one run:
- *   ours/cpu         the native kernels on tfjs's cpu backend
+ *   kernel           the native kernels called directly, outputs allocated once (no tfjs)
+ *   ours/cpu         the native kernels on tfjs's cpu backend (a fresh output array per call)
  *   ours/tensorflow  the same kernels as TensorFlow ops on tfjs-node
  *   fallback/cpu     the pure-tfjs kernels (one tf.matMul per expert) on the JS cpu backend
  *   loop/tensorflow  a per-expert tf.matMul loop on tfjs-node: what a tfjs user writes today
@@ -45,15 +46,15 @@ function groupSizes(M: number): Int32Array {
   return g;
 }
 
-/** Median seconds of `runs` calls after a warm-up; each call's result is disposed. */
-function time(f: () => tf.Tensor, runs: number): number {
-  f().dispose();
+/** Median seconds of `runs` calls after a warm-up; each call's result (a tensor) is disposed. */
+function time(f: () => tf.Tensor | void, runs: number): number {
+  f()?.dispose();
   const times: number[] = [];
   for (let r = 0; r < runs; ++r) {
     const t0 = process.hrtime.bigint();
     const y = f();
     times.push(Number(process.hrtime.bigint() - t0) / 1e9);
-    y.dispose();
+    y?.dispose();
   }
   return times.sort((a, b) => a - b)[Math.floor(times.length / 2)];
 }
@@ -66,7 +67,17 @@ interface Data {
 }
 
 /** The three ops of one implementation, built on the active backend. */
-type Impl = (d: Data, M: number, K: number, N: number) => Record<Op, () => tf.Tensor>;
+type Impl = (d: Data, M: number, K: number, N: number) => Record<Op, () => tf.Tensor | void>;
+
+const kernelOnly: Impl = (d, M, K, N) => {
+  const addon = moe.cpuAddon();
+  const y = new Float32Array(M * N), dx = new Float32Array(M * K), dw = new Float32Array(E * N * K);
+  return {
+    forward: () => addon.moeFusedLinear(d.x, d.w, d.g, y, M, K, N, E, false),
+    dX: () => addon.moeFusedLinear(d.dy, d.w, d.g, dx, M, N, K, E, true),
+    dW: () => addon.moeFusedLinearGradWeight(d.x, d.dy, d.g, dw, M, K, N, E),
+  };
+};
 
 const fused: Impl = (d, M, K, N) => {
   const x = tf.tensor2d(d.x, [M, K]), w = tf.tensor3d(d.w, [E, N, K]), dy = tf.tensor2d(d.dy, [M, N]);
@@ -108,6 +119,7 @@ const denseEqualFlops: Impl = (d, M, K, N) => {
 };
 
 const IMPLS: Array<{name: string; backend: string; impl: Impl; maxRows?: number; runs: number}> = [
+  {name: 'kernel', backend: 'cpu', impl: kernelOnly, runs: 5},
   {name: 'ours/cpu', backend: 'cpu', impl: fused, runs: 5},
   {name: 'ours/tensorflow', backend: 'tensorflow', impl: fused, runs: 5},
   {name: 'fallback/cpu', backend: 'fallback', impl: fused, maxRows: FALLBACK_MAX_ROWS, runs: 1},
@@ -119,7 +131,8 @@ async function main() {
   console.log(`# MoeFusedLinear benchmark, ${new Date().toISOString().slice(0, 10)}`);
   console.log(`${os.cpus()[0].model}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; ` +
               `native ISA ${moe.cpuAddon().isa()}, ${moe.cpuAddon().numThreads()} threads; E = ${E}, uniform routing\n`);
-  const header = ['shape', 'M', 'op', ...IMPLS.map(i => i.name), 'ours/cpu ÷ dense', 'ours/cpu ÷ loop', 'ours/cpu ÷ fallback'];
+  const header = ['shape', 'M', 'op', ...IMPLS.map(i => i.name), 'kernel ÷ dense', 'ours/cpu ÷ dense',
+                  'ours/cpu ÷ loop', 'ours/cpu ÷ fallback'];
   console.log(`| ${header.join(' | ')} |`);
   console.log(`|${header.map(() => ' --- ').join('|')}|`);
   for (const {name, K, N} of SHAPES) {
@@ -137,9 +150,11 @@ async function main() {
       }
       for (const op of OPS) {
         const cell = (impl: string) => gflops[impl] ? gflops[impl][op].toFixed(1) : '—';
-        const ratio = (other: string) => gflops[other] ? `${(gflops['ours/cpu'][op] / gflops[other][op]).toFixed(2)}×` : '—';
+        const ratio = (ours: string, other: string) =>
+            gflops[other] ? `${(gflops[ours][op] / gflops[other][op]).toFixed(2)}×` : '—';
         console.log(`| ${name} | ${M} | ${op} | ${IMPLS.map(i => cell(i.name)).join(' | ')} | ` +
-                    `${ratio('dense/tensorflow')} | ${ratio('loop/tensorflow')} | ${ratio('fallback/cpu')} |`);
+                    `${ratio('kernel', 'dense/tensorflow')} | ${ratio('ours/cpu', 'dense/tensorflow')} | ` +
+                    `${ratio('ours/cpu', 'loop/tensorflow')} | ${ratio('ours/cpu', 'fallback/cpu')} |`);
       }
     }
   }

@@ -66,37 +66,46 @@ void prefer_huge_pages(void* data, size_t bytes) {
 #endif
 }
 
+// The arguments both kernels take: (a, b, groupSizes, output, M, K, N, E).
+struct GroupedArgs {
+  Napi::Float32Array a, b;
+  Napi::Int32Array g;
+  Napi::Float32Array out;
+  int64_t M, K, N, E;
+
+  GroupedArgs(const Napi::CallbackInfo& info, const char* a_name, const char* b_name)
+      : a(floats(info, 0, a_name)), b(floats(info, 1, b_name)), g(ints(info, 2, "groupSizes")),
+        out(floats(info, 3, "output")), M(dim(info, 4, "M")), K(dim(info, 5, "K")), N(dim(info, 6, "N")),
+        E(dim(info, 7, "E")) {}
+
+  // Checks the element counts and the group sizes, then readies the output's pages.
+  void check(const Napi::Env& env, const char* a_name, int64_t a_len, const char* b_name, int64_t b_len,
+             int64_t out_len) {
+    expect_length(env, a, a_len, a_name);
+    expect_length(env, b, b_len, b_name);
+    expect_length(env, out, out_len, "output");
+    check_groups(env, g, E, M);
+    prefer_huge_pages(out.Data(), out.ByteLength());
+  }
+};
+
 // moeFusedLinear(x, w, groupSizes, y, M, K, N, E, transposeWeight): y = x · w[g]ᵀ (or · w[g]).
 void MoeFusedLinear(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  auto x = floats(info, 0, "x");
-  auto w = floats(info, 1, "weight");
-  auto g = ints(info, 2, "groupSizes");
-  auto y = floats(info, 3, "output");
-  int64_t M = dim(info, 4, "M"), K = dim(info, 5, "K"), N = dim(info, 6, "N"), E = dim(info, 7, "E");
-  bool transpose = info[8].ToBoolean();
-  expect_length(env, x, product(M, K), "x");
-  expect_length(env, w, product(E, N, K), "weight");
-  expect_length(env, y, product(M, N), "output");
-  check_groups(env, g, E, M);
-  prefer_huge_pages(y.Data(), y.ByteLength());
-  moe::moe_fused_linear(x.Data(), w.Data(), g.Data(), y.Data(), M, K, N, E, transpose);
+  GroupedArgs args(info, "x", "weight");
+  const bool transpose = info[8].ToBoolean();
+  args.check(info.Env(), "x", product(args.M, args.K), "weight", product(args.E, args.N, args.K),
+             product(args.M, args.N));
+  moe::moe_fused_linear(args.a.Data(), args.b.Data(), args.g.Data(), args.out.Data(), args.M, args.K, args.N,
+                        args.E, transpose);
 }
 
 // moeFusedLinearGradWeight(x, dy, groupSizes, dw, M, K, N, E): dw[e] = dy_eᵀ · x_e.
 void MoeFusedLinearGradWeight(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  auto x = floats(info, 0, "x");
-  auto dy = floats(info, 1, "dy");
-  auto g = ints(info, 2, "groupSizes");
-  auto dw = floats(info, 3, "output");
-  int64_t M = dim(info, 4, "M"), K = dim(info, 5, "K"), N = dim(info, 6, "N"), E = dim(info, 7, "E");
-  expect_length(env, x, product(M, K), "x");
-  expect_length(env, dy, product(M, N), "dy");
-  expect_length(env, dw, product(E, N, K), "output");
-  check_groups(env, g, E, M);
-  prefer_huge_pages(dw.Data(), dw.ByteLength());
-  moe::moe_fused_linear_grad_weight(x.Data(), dy.Data(), g.Data(), dw.Data(), M, K, N, E);
+  GroupedArgs args(info, "x", "dy");
+  args.check(info.Env(), "x", product(args.M, args.K), "dy", product(args.M, args.N),
+             product(args.E, args.N, args.K));
+  moe::moe_fused_linear_grad_weight(args.a.Data(), args.b.Data(), args.g.Data(), args.out.Data(), args.M, args.K,
+                                    args.N, args.E);
 }
 
 Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {

@@ -1,7 +1,7 @@
-import {div, dispose, softmax, sum, Tensor, Tensor1D, Tensor2D, tidy, topk} from '@tensorflow/tfjs-core';
+import {div, dispose, softmax, sum, Tensor, Tensor2D, tidy, topk} from '@tensorflow/tfjs-core';
 
 import {fail, Input, toTensor} from './convert';
-import {moeSortByExpert} from './moe_sort_by_expert';
+import {ExpertOrder, moeSortByExpert} from './moe_sort_by_expert';
 
 export interface MoeRouteOptions {
   /** Experts per token (num_experts_per_tok). */
@@ -11,19 +11,11 @@ export interface MoeRouteOptions {
 }
 
 /** The routing of T tokens to their top-k experts, and the order that groups them by expert. */
-export interface MoeRouting {
+export interface MoeRouting extends ExpertOrder {
   /** [T, k] float32 routing weights, differentiable with respect to the logits. */
   weights: Tensor2D;
-  /** [T, k] int32 expert ids, best first. */
+  /** [T, k] int32 expert ids, best first; the sorted rows are the token copies t·k + s. */
   expertIds: Tensor2D;
-  /** [T·k] int32: sorted row j is token copy sortIndex[j] = t·k + s. */
-  sortIndex: Tensor1D;
-  /** [T·k] int32: token copy t·k + s sits at sorted row inverseSortIndex[t·k + s]. */
-  inverseSortIndex: Tensor1D;
-  /** [T·k] int32: the token that sorted row j reads (sortIndex[j] / k). */
-  tokenIndex: Tensor1D;
-  /** [E] int32: rows per expert. */
-  groupSizes: Tensor1D;
 }
 
 /**
