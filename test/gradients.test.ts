@@ -4,7 +4,7 @@ import * as tfl from '@tensorflow/tfjs-layers';
 
 import {BACKENDS, useBackend} from './helpers/backends';
 import {checkGradient, randomFloats, randomGroupSizes, refMoeFusedLinear} from './helpers/reference';
-import {moeFusedLinear} from '../src';
+import {moeCombineRows, moeFusedLinear, moeGatherRows, moeRoute} from '../src';
 
 /** L = Σ_{m,n} y[m, n] · r[m, n] for y = moeFusedLinear(x, w, g), in float64. */
 function refLoss(x: ArrayLike<number>, w: ArrayLike<number>, g: Int32Array, r: Float32Array,
@@ -75,7 +75,7 @@ describe.each(BACKENDS)('gradients on %s', backend => {
     model.compile({optimizer: tf.train.sgd(lr), loss: 'meanSquaredError'});
     layer.kernel.write(tf.tensor3d(w, [E, N, K]));
 
-    await model.fit(tf.tensor2d(x, [M, K]), tf.tensor2d(target, [M, N]), {batchSize: M, epochs: 1, shuffle: false});
+    await model.fit(tf.tensor2d(x, [M, K]), tf.tensor2d(target, [M, N]), {batchSize: M, epochs: 1, shuffle: false, verbose: 0});
     const after = await layer.kernel.read().data();
 
     // Loss = mean over rows of mean over columns of (y - target)², in float64.
@@ -87,5 +87,40 @@ describe.each(BACKENDS)('gradients on %s', backend => {
     };
     const step = Float64Array.from(after, (v, i) => (w[i] - v) / lr);  // = dL/dW seen by SGD
     expect(checkGradient(mse, w, step, 20)).toBeLessThan(1e-3);
+  });
+
+  test('model.fit trains a routed MoE layer: the loss falls and the router learns', async () => {
+    const T = 64, H = 8, O = 4, E = 6, k = 2;
+    class RoutedExperts extends tfl.layers.Layer {
+      static className = 'TestRoutedExperts';
+      router!: tfl.LayerVariable;
+      experts!: tfl.LayerVariable;
+      override build() {
+        this.router = this.addWeight('router', [H, E], 'float32', tfl.initializers.glorotUniform({}));
+        this.experts = this.addWeight('experts', [E, O, H], 'float32', tfl.initializers.glorotUniform({}));
+        this.built = true;
+      }
+      override computeOutputShape(s: tfl.Shape | tfl.Shape[]): tfl.Shape {
+        return [(s as tfl.Shape)[0], O];
+      }
+      override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
+        const x = Array.isArray(inputs) ? inputs[0] : inputs;
+        const routing = moeRoute(tf.matMul(x, this.router.read()), {topK: k, normTopKProb: false});
+        const y = moeFusedLinear(moeGatherRows(x, routing.tokenIndex), this.experts.read(), routing.groupSizes);
+        return moeCombineRows(y, routing);
+      }
+    }
+    const input = tfl.input({shape: [H]});
+    const layer = new RoutedExperts({});
+    const model = tfl.model({inputs: input, outputs: layer.apply(input) as tfl.SymbolicTensor});
+    model.compile({optimizer: tf.train.adam(0.02), loss: 'meanSquaredError'});
+    const xs = tf.randomNormal([T, H]);
+    const ys = tf.tanh(tf.matMul(xs, tf.randomNormal([H, O])));
+    const routerBefore = await layer.router.read().data();
+    const history = await model.fit(xs, ys, {batchSize: 16, epochs: 15, verbose: 0});
+    const loss = history.history.loss as number[];
+    expect(loss[loss.length - 1]).toBeLessThan(0.7 * loss[0]);
+    const routerAfter = await layer.router.read().data();
+    expect(routerAfter.some((v, i) => Math.abs(v - routerBefore[i]) > 1e-3)).toBe(true);
   });
 });
