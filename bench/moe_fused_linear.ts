@@ -8,6 +8,7 @@
  *   loop/tensorflow  a per-expert tf.matMul loop on tfjs-node: what a tfjs user writes today
  *   dense/tensorflow one tf.matMul of equal FLOPs on tfjs-node (oneDNN): the practical ceiling
  * FLOPs = 2·M·N·K for each of the three. Medians of timed runs after one warm-up run.
+ * Environment: BENCH_ROWS (default 2048,8192), BENCH_EXPERTS (128), BENCH_FALLBACK_MAX_ROWS (2048).
  */
 import * as os from 'os';
 
@@ -21,7 +22,7 @@ require('@tensorflow/tfjs-node');
 // Loaded after the "fallback" backend exists, so that it gets the pure-tfjs kernels.
 const moe = require('../src') as typeof import('../src');
 
-const E = 128;
+const E = Number(process.env.BENCH_EXPERTS ?? 128);
 const SHAPES = [
   {name: 'gate/up (K=2048→N=768)', K: 2048, N: 768},
   {name: 'down (K=768→N=2048)', K: 768, N: 2048},

@@ -12,11 +12,12 @@
 namespace moe {
 namespace {
 
-// Tasks: row blocks of C (a multiple of every ISA's outer_rows) by full rows of C when there
-// are enough tasks (long sequential reads of B and writes of C), else kColBlock columns.
+// Tasks: row blocks of C (a multiple of every ISA's outer_rows) by column blocks. Columns are
+// as wide as possible (long sequential reads of B and writes of C) while a packed B panel of
+// kPanelFloats (512 KB of L2) still spans kMinDepth steps of the reduction (so that C tiles are
+// reloaded rarely), and narrower when that leaves too few tasks to keep every thread busy.
 constexpr int64_t kRowBlock = 96, kGradRowBlock = 48, kColBlock = 512;
-// Packed B panels hold about kPanelFloats (512 KB of L2): their depth follows from the width.
-constexpr int64_t kPanelFloats = 128 * 1024;
+constexpr int64_t kPanelFloats = 128 * 1024, kMinDepth = 256;
 
 // Element (r, c) of a strided matrix view is data[r·rs + c·cs].
 struct View {
@@ -35,25 +36,21 @@ std::vector<int64_t> row_offsets(const int32_t* group_sizes, int64_t E) {
   return offsets;
 }
 
-// Tiles [0, rows_of(e)) × [0, cols) of every expert into tasks.
-template <class RowsOf>
-std::vector<Task> make_tasks(int64_t E, RowsOf rows_of, int64_t cols, int64_t row_block,
-                             int64_t col_block) {
+// Tiles [0, rows_of(e)) × [0, cols) of every expert into tasks, for a reduction of depth_of(e).
+template <class RowsOf, class DepthOf>
+std::vector<Task> make_tasks(int64_t E, RowsOf rows_of, DepthOf depth_of, int64_t cols, int64_t row_block) {
+  int64_t row_blocks = 0;
+  for (int64_t e = 0; e < E; ++e) row_blocks += (rows_of(e) + row_block - 1) / row_block;
+  const int64_t most = row_blocks < 4 * num_threads() ? kColBlock : std::max<int64_t>(cols, 1);
   std::vector<Task> tasks;
-  for (int64_t e = 0; e < E; ++e)
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t fit = kPanelFloats / std::max<int64_t>(1, std::min(depth_of(e), kMinDepth)) / kChunk * kChunk;
+    const int64_t col_block = std::max(kChunk, std::min(most, fit));
     for (int64_t r = 0; r < rows_of(e); r += row_block)
       for (int64_t c = 0; c < cols; c += col_block)
         tasks.push_back({e, r, std::min(row_block, rows_of(e) - r), c, std::min(col_block, cols - c)});
+  }
   return tasks;
-}
-
-// Full-width column blocks unless that leaves too few tasks to keep every thread busy.
-template <class RowsOf>
-std::vector<Task> split_tasks(int64_t E, RowsOf rows_of, int64_t cols, int64_t row_block) {
-  int64_t row_blocks = 0;
-  for (int64_t e = 0; e < E; ++e) row_blocks += (rows_of(e) + row_block - 1) / row_block;
-  const bool split = row_blocks < 4 * num_threads();
-  return make_tasks(E, rows_of, cols, row_block, split ? kColBlock : std::max<int64_t>(cols, 1));
 }
 
 void run_tasks(const std::vector<Task>& tasks, const std::function<void(const Task&)>& fn) {
@@ -110,7 +107,7 @@ void forward(const float* x, const float* w, const std::vector<int64_t>& off, fl
                    int64_t K, int64_t N, int64_t E, bool transpose_weight) {
   const GemmKernels& k = active_kernels();
   auto rows_of = [&](int64_t e) { return off[e + 1] - off[e]; };
-  run_tasks(split_tasks(E, rows_of, N, kRowBlock), [&](const Task& t) {
+  run_tasks(make_tasks(E, rows_of, [&](int64_t) { return K; }, N, kRowBlock), [&](const Task& t) {
     const float* we = w + t.expert * K * N;
     const View b = transpose_weight ? View{we + t.col0, N, 1} : View{we + t.col0 * K, 1, K};
     const int64_t row = off[t.expert] + t.row0;
@@ -146,7 +143,9 @@ void moe_fused_linear_grad_weight(const float* x, const float* dy, const int32_t
   const GemmKernels& k = active_kernels();
   const std::vector<int64_t> off = row_offsets(group_sizes, E);
   // dw_e (N × K) = dy_eᵀ · x_e: A(i, p) = dy[p·N + i], B(p, j) = x[p·K + j].
-  run_tasks(split_tasks(E, [&](int64_t) { return N; }, K, kGradRowBlock), [&](const Task& t) {
+  auto rows_of = [&](int64_t) { return N; };
+  auto depth_of = [&](int64_t e) { return off[e + 1] - off[e]; };
+  run_tasks(make_tasks(E, rows_of, depth_of, K, kGradRowBlock), [&](const Task& t) {
     const int64_t m0 = off[t.expert], P = off[t.expert + 1] - m0;
     outer_gemm(k, t.rows, t.cols, P, View{dy + m0 * N + t.row0, 1, N}, View{x + m0 * K + t.col0, K, 1},
                dw + (t.expert * N + t.row0) * K + t.col0, K);
