@@ -22,12 +22,25 @@ function refRoute(logits: ArrayLike<number>, T: number, E: number, k: number, no
   return {ids, weights};
 }
 
+/**
+ * Router logits whose values in a row are at least `gap` apart (a shuffled ladder plus noise),
+ * so that float32 and float64 rank them alike and small finite-difference steps keep the top-k.
+ */
+function separatedLogits(T: number, E: number, gap: number): Float32Array {
+  const out = new Float32Array(T * E);
+  for (let t = 0; t < T; ++t) {
+    const rungs = Array.from({length: E}, (_, e) => e).sort(() => Math.random() - 0.5);
+    rungs.forEach((r, e) => out[t * E + e] = (r - E / 2) * gap + Math.random() * gap / 4);
+  }
+  return out;
+}
+
 describe.each(BACKENDS)('routing on %s', backend => {
   beforeAll(() => useBackend(backend));
 
   test.each([true, false])('moeRoute matches the reference, normTopKProb = %s', async norm => {
     const T = 37, E = 11, k = 8;
-    const logits = randomFloats(T * E, 3);
+    const logits = separatedLogits(T, E, 0.5);
     const r = moeRoute(tf.tensor2d(logits, [T, E]), {topK: k, normTopKProb: norm});
     const ref = refRoute(logits, T, E, k, norm);
     expect(await r.expertIds.array()).toEqual(ref.ids);
@@ -48,7 +61,7 @@ describe.each(BACKENDS)('routing on %s', backend => {
 
   test.each([true, false])('the routing weights train: gradient vs finite differences, normTopKProb = %s', async norm => {
     const T = 9, E = 6, k = 3;
-    const logits = randomFloats(T * E, 2), r = randomFloats(T * k);
+    const logits = separatedLogits(T, E, 0.4), r = randomFloats(T * k);
     const loss = (l: tf.Tensor) => tf.sum(tf.mul(moeRoute(l, {topK: k, normTopKProb: norm}).weights, tf.tensor2d(r, [T, k])));
     const grad = await tf.grad(loss)(tf.tensor2d(logits, [T, E])).data();
     const refLoss = (l: Float64Array) =>
