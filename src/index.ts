@@ -18,3 +18,4 @@ export {moeRoute, MoeRouteOptions, MoeRouting} from './ops/moe_route';
 export {moeSortByExpert, ExpertOrder} from './ops/moe_sort_by_expert';
 export {moeCombineRows, moeGatherRows} from './ops/moe_rows';
 export {cpuAddon} from './native/cpu_addon';
+export {cudaAddon, cudaAddonBuilt, CudaAddon, CudaEvent, DeviceBuffer, Precision} from './native/cuda_addon';

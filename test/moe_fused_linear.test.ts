@@ -2,19 +2,10 @@
 import * as tf from '@tensorflow/tfjs-core';
 
 import {BACKENDS, useBackend} from './helpers/backends';
-import {randomFloats, randomGroupSizes, refGradWeight, refMoeFusedLinear, relativeError} from './helpers/reference';
+import {GroupedCase, randomFloats, randomGroupSizes, refGradWeight, refMoeFusedLinear, relativeError, spread} from './helpers/reference';
 import {MoeFusedLinearGradWeight, moeFusedLinear} from '../src';
 
-interface Case {
-  name: string;
-  M: number;
-  K: number;
-  N: number;
-  groups: () => Int32Array;
-}
-
-const spread = (M: number, E: number) => () => randomGroupSizes(M, E);
-const CASES: Case[] = [
+const CASES: GroupedCase[] = [
   {name: 'odd sizes K=257 N=5', M: 37, K: 257, N: 5, groups: spread(37, 3)},
   {name: 'K=3 N=1000', M: 41, K: 3, N: 1000, groups: spread(41, 4)},
   {name: 'K=1', M: 50, K: 1, N: 7, groups: spread(50, 2)},

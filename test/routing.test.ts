@@ -99,5 +99,9 @@ describe.each(BACKENDS)('routing on %s', backend => {
     expect(Array.from(await order.sortIndex.data())).toEqual([1, 4, 3, 0, 2, 5]);
     expect(Array.from(await order.groupSizes.data())).toEqual([2, 1, 3, 0]);
     expect(Array.from(await order.tokenIndex.data())).toEqual([1, 4, 3, 0, 2, 5]);
+    const fromArray = moeSortByExpert(Int32Array.of(1, 0, 1), 2);  // TensorLike input of rank 1
+    expect(Array.from(await fromArray.sortIndex.data())).toEqual([1, 0, 2]);
+    const nested = moeSortByExpert([[1, 0], [0, 1]], 2);  // nested arrays: [T, k]
+    expect(Array.from(await nested.tokenIndex.data())).toEqual([0, 1, 0, 1]);
   });
 });

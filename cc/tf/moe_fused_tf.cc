@@ -14,6 +14,9 @@
 #include <vector>
 
 #include "moe_fused_linear.h"
+#ifdef MOE_WITH_CUDA
+#include "moe_cuda.h"
+#endif
 #include "tensorflow/c/kernels.h"
 #include "tensorflow/c/ops.h"
 
@@ -104,42 +107,108 @@ void* linear_create(TF_OpKernelConstruction* ctx) {
 
 void linear_delete(void* kernel) { delete static_cast<LinearKernel*>(kernel); }
 
+// The dimensions of one call, once its inputs have passed the shape checks.
+struct Dims {
+  int64_t M, K, N, E;
+};
+
+// Checks MoeFusedLinear's input shapes: x [M, K], weight [E, N, K] (or [E, K, N]), groupSizes [E].
+bool linear_dims(TF_OpKernelContext* ctx, const Tensor& x, const Tensor& w, const Tensor& g, bool transpose,
+                 Dims* d) {
+  if (!check_shape(ctx, x.get(), "x", "[M, K]", {-1, -1})) return false;
+  d->M = TF_Dim(x.get(), 0), d->K = TF_Dim(x.get(), 1);
+  const std::string with_k = " with K = " + std::to_string(d->K) + " (x.shape[1])";
+  if (transpose ? !check_shape(ctx, w.get(), "weight", "[E, K, N] (transposed)", {-1, d->K, -1}, with_k)
+                : !check_shape(ctx, w.get(), "weight", "[E, N, K]", {-1, -1, d->K}, with_k))
+    return false;
+  d->E = TF_Dim(w.get(), 0), d->N = TF_Dim(w.get(), transpose ? 2 : 1);
+  const std::string with_e = " with E = " + std::to_string(d->E) + " (weight.shape[0])";
+  return check_shape(ctx, g.get(), "groupSizes", "[E]", {d->E}, with_e);
+}
+
+// Checks MoeFusedLinearGradWeight's input shapes: x [M, K], dy [M, N], groupSizes [E].
+bool grad_weight_dims(TF_OpKernelContext* ctx, const Tensor& x, const Tensor& dy, const Tensor& g, Dims* d) {
+  if (!check_shape(ctx, x.get(), "x", "[M, K]", {-1, -1})) return false;
+  d->M = TF_Dim(x.get(), 0), d->K = TF_Dim(x.get(), 1);
+  const std::string with_m = " with M = " + std::to_string(d->M) + " (x.shape[0])";
+  if (!check_shape(ctx, dy.get(), "dy", "[M, N]", {d->M, -1}, with_m) ||
+      !check_shape(ctx, g.get(), "groupSizes", "[E]", {-1}))
+    return false;
+  d->N = TF_Dim(dy.get(), 1), d->E = TF_Dim(g.get(), 0);
+  return true;
+}
+
+float* data(const Tensor& t) { return static_cast<float*>(TF_TensorData(t.get())); }
+
 // y[M, N] = x[M, K] · weight[g]ᵀ, weight [E, N, K] (or [E, K, N] with transpose_weight).
 void linear_compute(void* kernel, TF_OpKernelContext* ctx) {
   const bool transpose = static_cast<LinearKernel*>(kernel)->transpose_weight;
   Tensor x = input(ctx, 0), w = input(ctx, 1), g = input(ctx, 2);
-  if (!x || !w || !g || !check_shape(ctx, x.get(), "x", "[M, K]", {-1, -1})) return;
-  const int64_t M = TF_Dim(x.get(), 0), K = TF_Dim(x.get(), 1);
-  const std::string with_k = " with K = " + std::to_string(K) + " (x.shape[1])";
-  if (transpose ? !check_shape(ctx, w.get(), "weight", "[E, K, N] (transposed)", {-1, K, -1}, with_k)
-                : !check_shape(ctx, w.get(), "weight", "[E, N, K]", {-1, -1, K}, with_k))
-    return;
-  const int64_t E = TF_Dim(w.get(), 0), N = TF_Dim(w.get(), transpose ? 2 : 1);
-  const std::string with_e = " with E = " + std::to_string(E) + " (weight.shape[0])";
-  if (!check_shape(ctx, g.get(), "groupSizes", "[E]", {E}, with_e) || !check_groups(ctx, g.get(), E, M))
-    return;
-  Tensor y = output(ctx, {M, N});
+  Dims d;
+  if (!x || !w || !g || !linear_dims(ctx, x, w, g, transpose, &d) || !check_groups(ctx, g.get(), d.E, d.M)) return;
+  Tensor y = output(ctx, {d.M, d.N});
   if (!y) return;
-  moe::moe_fused_linear(floats(x), floats(w), groups(g), static_cast<float*>(TF_TensorData(y.get())),
-                        M, K, N, E, transpose);
+  moe::moe_fused_linear(floats(x), floats(w), groups(g), data(y), d.M, d.K, d.N, d.E, transpose);
 }
 
 // dw[E, N, K]: dw[e] = dy_eᵀ · x_e over the rows of expert e.
 void grad_weight_compute(void*, TF_OpKernelContext* ctx) {
   Tensor x = input(ctx, 0), dy = input(ctx, 1), g = input(ctx, 2);
-  if (!x || !dy || !g || !check_shape(ctx, x.get(), "x", "[M, K]", {-1, -1})) return;
-  const int64_t M = TF_Dim(x.get(), 0), K = TF_Dim(x.get(), 1);
-  const std::string with_m = " with M = " + std::to_string(M) + " (x.shape[0])";
-  if (!check_shape(ctx, dy.get(), "dy", "[M, N]", {M, -1}, with_m) ||
-      !check_shape(ctx, g.get(), "groupSizes", "[E]", {-1}))
-    return;
-  const int64_t N = TF_Dim(dy.get(), 1), E = TF_Dim(g.get(), 0);
-  if (!check_groups(ctx, g.get(), E, M)) return;
-  Tensor dw = output(ctx, {E, N, K});
+  Dims d;
+  if (!x || !dy || !g || !grad_weight_dims(ctx, x, dy, g, &d) || !check_groups(ctx, g.get(), d.E, d.M)) return;
+  Tensor dw = output(ctx, {d.E, d.N, d.K});
   if (!dw) return;
-  moe::moe_fused_linear_grad_weight(floats(x), floats(dy), groups(g),
-                                    static_cast<float*>(TF_TensorData(dw.get())), M, K, N, E);
+  moe::moe_fused_linear_grad_weight(floats(x), floats(dy), groups(g), data(dw), d.M, d.K, d.N, d.E);
 }
+
+#ifdef MOE_WITH_CUDA
+// tfjs-node-gpu: the same ops on the GPU, through the launchers the CUDA tests exercise, in
+// TensorFlow's default GPU precision (TF32). TF's C kernel API gives no access to its CUDA
+// stream (TF_GetStream serves pluggable devices only), but TF creates its streams as blocking
+// streams, so work on the legacy default stream is ordered with TF's own. TF keeps int32
+// tensors of GPU kernels in host memory (group_sizes is registered so): they are checked there
+// as on the CPU and copied to the device for the kernels. Not run in CI: no machine here runs
+// TensorFlow on a GPU.
+bool launched(TF_OpKernelContext* ctx, cudaError_t status) {
+  if (status != cudaSuccess) fail(ctx, std::string("CUDA error: ") + cudaGetErrorString(status));
+  return status == cudaSuccess;
+}
+
+// A device copy of the (host) group sizes, freed in stream order when it goes out of scope.
+struct DeviceGroups {
+  int32_t* ptr = nullptr;
+  DeviceGroups(TF_OpKernelContext* ctx, const Tensor& g, int64_t E) {
+    if (E > 0 && launched(ctx, cudaMallocAsync(&ptr, E * sizeof(int32_t), cudaStreamLegacy)))
+      launched(ctx, cudaMemcpyAsync(ptr, groups(g), E * sizeof(int32_t), cudaMemcpyHostToDevice, cudaStreamLegacy));
+  }
+  ~DeviceGroups() {
+    if (ptr) cudaFreeAsync(ptr, cudaStreamLegacy);
+  }
+};
+
+void linear_compute_gpu(void* kernel, TF_OpKernelContext* ctx) {
+  const bool transpose = static_cast<LinearKernel*>(kernel)->transpose_weight;
+  Tensor x = input(ctx, 0), w = input(ctx, 1), g = input(ctx, 2);
+  Dims d;
+  if (!x || !w || !g || !linear_dims(ctx, x, w, g, transpose, &d) || !check_groups(ctx, g.get(), d.E, d.M)) return;
+  Tensor y = output(ctx, {d.M, d.N});
+  DeviceGroups groups_on_device(ctx, g, d.E);
+  if (!y || (d.E > 0 && !groups_on_device.ptr)) return;
+  launched(ctx, moe::cuda::grouped_gemm(floats(x), floats(w), groups_on_device.ptr, data(y), d.M, d.K, d.N, d.E,
+                                        transpose, moe::cuda::Precision::kTf32, cudaStreamLegacy));
+}
+
+void grad_weight_compute_gpu(void*, TF_OpKernelContext* ctx) {
+  Tensor x = input(ctx, 0), dy = input(ctx, 1), g = input(ctx, 2);
+  Dims d;
+  if (!x || !dy || !g || !grad_weight_dims(ctx, x, dy, g, &d) || !check_groups(ctx, g.get(), d.E, d.M)) return;
+  Tensor dw = output(ctx, {d.E, d.N, d.K});
+  DeviceGroups groups_on_device(ctx, g, d.E);
+  if (!dw || (d.E > 0 && !groups_on_device.ptr)) return;
+  launched(ctx, moe::cuda::grouped_gemm_grad_weight(floats(x), floats(dy), groups_on_device.ptr, data(dw), d.M, d.K,
+                                                    d.N, d.E, moe::cuda::Precision::kTf32, cudaStreamLegacy));
+}
+#endif
 
 // Eager execution (all tfjs-node does) needs no shape function; graphs get an unknown shape.
 void unknown_shape(TF_ShapeInferenceContext* ctx, TF_Status* status) {
@@ -175,6 +244,12 @@ std::string register_ops() {
   TF_RegisterKernelBuilder(
       kLinear, TF_NewKernelBuilder(kLinear, "CPU", linear_create, linear_compute, linear_delete), s.get());
   if (auto error = failed(std::string("the CPU kernel of ") + kLinear); !error.empty()) return error;
+#ifdef MOE_WITH_CUDA
+  TF_KernelBuilder* gpu = TF_NewKernelBuilder(kLinear, "GPU", linear_create, linear_compute_gpu, linear_delete);
+  TF_KernelBuilder_HostMemory(gpu, "group_sizes");
+  TF_RegisterKernelBuilder(kLinear, gpu, s.get());
+  if (auto error = failed(std::string("the GPU kernel of ") + kLinear); !error.empty()) return error;
+#endif
 
   op = TF_NewOpDefinitionBuilder(kGradWeight);
   TF_OpDefinitionBuilderAddInput(op, "x: float");
@@ -186,7 +261,15 @@ std::string register_ops() {
   if (auto error = failed(std::string("op ") + kGradWeight); !error.empty()) return error;
   TF_RegisterKernelBuilder(
       kGradWeight, TF_NewKernelBuilder(kGradWeight, "CPU", nullptr, grad_weight_compute, nullptr), s.get());
+#ifdef MOE_WITH_CUDA
+  if (auto error = failed(std::string("the CPU kernel of ") + kGradWeight); !error.empty()) return error;
+  gpu = TF_NewKernelBuilder(kGradWeight, "GPU", nullptr, grad_weight_compute_gpu, nullptr);
+  TF_KernelBuilder_HostMemory(gpu, "group_sizes");
+  TF_RegisterKernelBuilder(kGradWeight, gpu, s.get());
+  return failed(std::string("the GPU kernel of ") + kGradWeight);
+#else
   return failed(std::string("the CPU kernel of ") + kGradWeight);
+#endif
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

@@ -1,4 +1,4 @@
-import {dispose, engine, Tensor, Tensor1D} from '@tensorflow/tfjs-core';
+import {dispose, engine, Tensor, Tensor1D, TensorLike} from '@tensorflow/tfjs-core';
 
 import {MoeSortByExpert, MoeSortByExpertAttrs} from '../kernel_names';
 import {fail, Input, toTensor} from './convert';
@@ -15,6 +15,13 @@ export interface ExpertOrder {
   groupSizes: Tensor1D;
 }
 
+/** The rank of nested arrays or a TypedArray (1). */
+function tensorRank(value: TensorLike): number {
+  let rank = 0;
+  for (let v: unknown = value; Array.isArray(v) || ArrayBuffer.isView(v); v = Array.isArray(v) ? v[0] : undefined) ++rank;
+  return rank;
+}
+
 /**
  * Stable sort of routed rows by expert id (ties keep their row order, as torch.sort(stable=True)).
  * expertIds is int32 [T] or [T, k] with values in [0, numExperts).
@@ -22,8 +29,8 @@ export interface ExpertOrder {
 export function moeSortByExpert(expertIds: Input, numExperts: number): ExpertOrder {
   const op = 'moeSortByExpert';
   const created: Tensor[] = [];
-  const given = expertIds instanceof Tensor ? expertIds.rank : undefined;
-  const ids = toTensor(expertIds, 'expertIds', op, 'int32', given === 1 ? 1 : 2, '[T, k] or [T]', created);
+  const rank = expertIds instanceof Tensor ? expertIds.rank : tensorRank(expertIds);
+  const ids = toTensor(expertIds, 'expertIds', op, 'int32', rank === 1 ? 1 : 2, '[T, k] or [T]', created);
   if (!Number.isInteger(numExperts) || numExperts < 1) {
     fail(op, `numExperts must be a positive integer, but is ${numExperts}`, created);
   }

@@ -20,6 +20,18 @@ export function randomGroupSizes(M: number, E: number, weights?: number[]): Int3
   return g;
 }
 
+/** A grouped-GEMM test shape: M rows of K inputs into N outputs, grouped by `groups()`. */
+export interface GroupedCase {
+  name: string;
+  M: number;
+  K: number;
+  N: number;
+  groups: () => Int32Array;
+}
+
+/** Group sizes of M rows spread at random over E experts, fresh on every call. */
+export const spread = (M: number, E: number) => () => randomGroupSizes(M, E);
+
 /** y[m, n] = Σ_k w[g(m), n, k] x[m, k] (or w[g(m), k, n] when transposed), in float64. */
 export function refMoeFusedLinear(x: ArrayLike<number>, w: ArrayLike<number>, groupSizes: ArrayLike<number>,
                                   M: number, K: number, N: number, transposeWeight = false): Float64Array {

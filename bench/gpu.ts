@@ -1,0 +1,91 @@
+/**
+ * The CUDA kernels on the GPU machine: TFLOP/s of forward, dX and dW for each precision on
+ * Qwen3-30B-A3B expert shapes (E = 128, uniform routing) and LoRA r = 16 thin shapes (also as
+ * GB/s of compulsory traffic), with ratios to the PyTorch baselines that bench/gpu_torch.py
+ * measured in the same run (GPU_BASELINES=path of its JSON).
+ *   python3 bench/gpu_torch.py /tmp/torch.json && GPU_BASELINES=/tmp/torch.json node dist/bench/gpu.js
+ * Medians of 25 event-timed runs after a warm-up, inputs rotated over three sets.
+ */
+import * as fs from 'fs';
+
+import {cudaAddon, DeviceBuffer, Precision} from '../src/native/cuda_addon';
+
+const gpu = cudaAddon();
+const E = 128;
+const SHAPES = [
+  {name: 'gate/up', K: 2048, N: 768}, {name: 'down', K: 768, N: 2048},
+  {name: 'LoRA A r=16', K: 2048, N: 16}, {name: 'LoRA B r=16', K: 16, N: 768},
+];
+const ROWS = (process.env.BENCH_ROWS ?? '16384,65536').split(',').map(Number);
+const PRECISIONS: Precision[] = ['tf32', 'bf16', 'highest'];
+const REPS = 25, SETS = 3;
+const baselines: Record<string, Record<string, number | null>> =
+    process.env.GPU_BASELINES ? JSON.parse(fs.readFileSync(process.env.GPU_BASELINES, 'utf8')) : {};
+
+function random(n: number): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; ++i) a[i] = Math.random() * 2 - 1;
+  return a;
+}
+
+function device(data: Float32Array | Int32Array): DeviceBuffer {
+  const b = gpu.alloc(data.byteLength);
+  gpu.upload(b, data);
+  return b;
+}
+
+/** Median milliseconds of REPS event-timed runs, rotating over the argument sets. */
+function medianMs(run: (set: number) => void): number {
+  for (let s = 0; s < SETS; ++s) run(s);
+  gpu.synchronize();
+  const times: number[] = [];
+  for (let r = 0; r < REPS; ++r) {
+    const start = gpu.newEvent();
+    run(r % SETS);
+    times.push(gpu.newEvent().elapsedMs(start));
+  }
+  return times.sort((a, b) => a - b)[REPS >> 1];
+}
+
+function main() {
+  const info = gpu.deviceInfo();
+  console.log(`# CUDA grouped GEMM on ${info.name} (sm_${info.computeCapability.replace('.', '')}, ` +
+              `${info.multiProcessors} SMs), ${new Date().toISOString().slice(0, 10)}`);
+  const copy = baselines.copy_TBps as unknown as number | undefined;
+  console.log(`| shape | M | op | ${PRECISIONS.join(' | ')} | tf32 ÷ dense tf32 | bf16 ÷ dense bf16 | ` +
+              `bf16 ÷ _grouped_mm | highest ÷ dense fp32 | GB/s (bf16) |`);
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  for (const {name, K, N} of SHAPES) {
+    for (const M of ROWS) {
+      const g = new Int32Array(E);
+      for (let m = 0; m < M; ++m) g[Math.floor(Math.random() * E)]++;
+      const sets = Array.from({length: SETS}, () => ({
+        x: device(random(M * K)), w: device(random(E * N * K)), dy: device(random(M * N)), g: device(g),
+      }));
+      const y = gpu.alloc(M * N * 4), dx = gpu.alloc(M * K * 4), dw = gpu.alloc(E * N * K * 4);
+      const flops = 2 * M * N * K;
+      // Compulsory traffic: every input read once, every output written once (float32).
+      const bytes = {forward: 4 * (M * K + E * N * K + M * N), dX: 4 * (M * N + E * N * K + M * K),
+                     dW: 4 * (M * K + M * N + E * N * K)};
+      const ops = {
+        forward: (p: Precision) => (s: number) => gpu.groupedGemm(sets[s].x, sets[s].w, sets[s].g, y, M, K, N, E, false, p),
+        dX: (p: Precision) => (s: number) => gpu.groupedGemm(sets[s].dy, sets[s].w, sets[s].g, dx, M, N, K, E, true, p),
+        dW: (p: Precision) => (s: number) => gpu.groupedGemmGradWeight(sets[s].x, sets[s].dy, sets[s].g, dw, M, K, N, E, p),
+      };
+      const base = baselines[`${M}x${K}x${N}`] ?? {};
+      for (const [op, make] of Object.entries(ops)) {
+        const ms = Object.fromEntries(PRECISIONS.map(p => [p, medianMs(make(p))]));
+        const tf = (p: Precision) => flops / (ms[p] * 1e-3) / 1e12;
+        const ratio = (p: Precision, key: string) => base[key] ? `${(tf(p) / (base[key] as number)).toFixed(2)}×` : '—';
+        const gbps = bytes[op as keyof typeof bytes] / (ms.bf16 * 1e-3) / 1e9;
+        console.log(`| ${name} (K=${K}→N=${N}) | ${M} | ${op} | ${PRECISIONS.map(p => tf(p).toFixed(1)).join(' | ')} | ` +
+                    `${ratio('tf32', 'tf32')} | ${ratio('bf16', 'bf16')} | ${ratio('bf16', 'grouped_bf16')} | ` +
+                    `${ratio('highest', 'fp32')} | ${gbps.toFixed(0)}${copy ? ` (${(gbps / 1e3 / copy * 100).toFixed(0)}% of copy)` : ''} |`);
+      }
+      gpu.synchronize();
+      for (const b of [y, dx, dw, ...sets.flatMap(s => [s.x, s.w, s.dy, s.g])]) b.free();
+    }
+  }
+}
+
+main();

@@ -1,0 +1,85 @@
+"""Baselines for bench/gpu.ts, measured with PyTorch on the GPU machine (not a dependency).
+
+For each benchmark shape, a dense torch.matmul of equal FLOPs (2·M·N·K) in float32 with TF32
+on, in float32 with TF32 off, and in bf16; and torch._grouped_mm in bf16 on the same grouped
+problem where this torch has it. Medians of CUDA-event timings after warm-up, inputs rotated
+over three sets. Writes JSON {key: TFLOP/s} to the path given, and prints a table.
+
+    python3 bench/gpu_torch.py out.json
+"""
+import json
+import os
+import sys
+
+import torch
+
+E = 128
+SHAPES = [(2048, 768), (768, 2048), (2048, 16), (16, 768)]
+ROWS = [16384, 65536]
+REPS, SETS = 25, 3
+
+
+def median_ms(fn, sets):
+    for s in sets:
+        fn(*s)
+    torch.cuda.synchronize()
+    times = []
+    for r in range(REPS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(*sets[r % len(sets)])
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def tflops(flops, ms):
+    return flops / (ms * 1e-3) / 1e12
+
+
+def dense(M, K, N, dtype, tf32):
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    sets = [(torch.randn(M, K, device="cuda", dtype=dtype), torch.randn(K, N, device="cuda", dtype=dtype))
+            for _ in range(SETS)]
+    return tflops(2 * M * N * K, median_ms(torch.matmul, sets))
+
+
+def grouped_mm(M, K, N):
+    if not hasattr(torch, "_grouped_mm"):
+        return None
+    counts = torch.bincount(torch.randint(0, E, (M,), device="cuda"), minlength=E)
+    offs = torch.cumsum(counts, 0).to(torch.int32)
+    sets = [(torch.randn(M, K, device="cuda", dtype=torch.bfloat16),
+             torch.randn(E, N, K, device="cuda", dtype=torch.bfloat16).transpose(1, 2), offs) for _ in range(SETS)]
+    try:
+        return tflops(2 * M * N * K, median_ms(lambda x, w, o: torch._grouped_mm(x, w, offs=o), sets))
+    except RuntimeError as e:  # shapes this torch rejects (e.g. dims not multiples of 16)
+        print(f"_grouped_mm K={K} N={N}: {e}", file=sys.stderr)
+        return None
+
+
+def main():
+    out = {}
+    print(f"# torch {torch.__version__} on {torch.cuda.get_device_name()}")
+    print("| M | K | N | dense tf32 | dense fp32 | dense bf16 | _grouped_mm bf16 |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for K, N in SHAPES:
+        for M in ROWS:
+            row = {"tf32": dense(M, K, N, torch.float32, True), "fp32": dense(M, K, N, torch.float32, False),
+                   "bf16": dense(M, K, N, torch.bfloat16, False), "grouped_bf16": grouped_mm(M, K, N)}
+            out[f"{M}x{K}x{N}"] = row
+            cells = " | ".join("—" if v is None else f"{v:.1f}" for v in row.values())
+            print(f"| {M} | {K} | {N} | {cells} |")
+            torch.cuda.empty_cache()
+    # A device-to-device copy: bytes read + written per second, the bandwidth ceiling.
+    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    out["copy_TBps"] = 2 * a.numel() / (median_ms(lambda: b.copy_(a), [()]) * 1e-3) / 1e12
+    print(f"device-to-device copy: {out['copy_TBps']:.2f} TB/s")
+    os.makedirs(os.path.dirname(os.path.abspath(sys.argv[1])), exist_ok=True)
+    with open(sys.argv[1], "w") as f:
+        json.dump(out, f)
+
+
+main()

@@ -1,0 +1,239 @@
+// Grouped GEMMs of the MoE layer on the GPU (moe_cuda.h): a plan kernel computes the experts' row
+// ranges and tile prefix sums from group_sizes on the device; a persistent kernel walks all
+// experts' tiles (tile_scheduler.cuh) and runs the sm_80 tensor-core tile math (gemm_sm80.cuh).
+//
+//   forward  y[m, n]     = Σ_k x[m, k] · w[g(m), n, k]     A = x (K-major), B = w[e] (K-major)
+//   dX       y[m, n]     = Σ_k x[m, k] · w[g(m), k, n]     A = x (K-major), B = w[e] (MN-major)
+//   dW       dw[e, n, k] = Σ_{m in e} dy[m, n] · x[m, k]   A = dyᵀ (MN-major), B = xᵀ (MN-major)
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "gemm_sm80.cuh"
+#include "moe_cuda.h"
+#include "tile_scheduler.cuh"
+
+namespace moe::cuda {
+namespace {
+
+using gemm::ExpertTile;
+using gemm::Operand;
+using gemm::Plan;
+using gemm::RowTile;
+
+enum class Op { kForward, kForwardTransposed, kGradWeight };
+template <Op kOp>
+constexpr bool kAKMajor = kOp != Op::kGradWeight;
+template <Op kOp>
+constexpr bool kBKMajor = kOp == Op::kForward;
+
+// Tile shapes (sm_80 path), all within the 99 KB of shared memory that every sm_80+ part lets a
+// block have. Wide: 128 × 128 outputs per block, 3 stages (96 KB); tf32 and bf16 take 4 warps of
+// 64 × 64 (two blocks fit an SM of an H100, one of an A100); 3xTF32 keeps a second set of
+// accumulators and takes 8 warps of 64 × 32. Thin, for N ≤ 32 (LoRA ranks): 128 × 32 (forward, dX)
+// or 32 × 128 (dW, where N is the row side of dw[e]), 4 warps of 32 × 32, 4 stages (80 KB); the
+// wide operand is streamed once instead of padding N to 128.
+template <Op kOp, Precision kP, bool kThin>
+using ShapeFor = std::conditional_t<
+    kThin,
+    std::conditional_t<kOp == Op::kGradWeight, gemm::TileShape<32, 128, 1, 4, 4>, gemm::TileShape<128, 32, 4, 1, 4>>,
+    std::conditional_t<kP == Precision::kHighest, gemm::TileShape<128, 128, 2, 4, 3>,
+                       gemm::TileShape<128, 128, 2, 2, 3>>>;
+constexpr int64_t kThinN = 32;
+
+constexpr int kPlanThreads = 1024;
+
+// Writes plan.row_start and plan.tile_start (tile_scheduler.cuh) for tiles of bm rows × tiles_n
+// column blocks; bm = 0 leaves tile_start at zeros. One block, experts in chunks of kPlanThreads.
+__global__ void __launch_bounds__(kPlanThreads) plan_kernel(const int32_t* group_sizes, int64_t E, int64_t M, int bm,
+                                                            int64_t tiles_n, int64_t* row_start, int64_t* tile_start) {
+  __shared__ int64_t scratch[32];
+  if (threadIdx.x == 0) row_start[0] = tile_start[0] = 0;
+  int64_t rows_before = 0, tiles_before = 0;  // of earlier chunks; rows before clamping to M
+  for (int64_t base = 0; base < E; base += kPlanThreads) {
+    const int64_t e = base + threadIdx.x;
+    const int64_t size = e < E ? max(group_sizes[e], 0) : 0;
+    int64_t chunk_rows, chunk_tiles;
+    const int64_t end = rows_before + gemm::block_inclusive_scan(size, scratch, &chunk_rows);
+    const int64_t rows = min(end, M) - min(end - size, M);
+    const int64_t tiles = bm > 0 ? (rows + bm - 1) / bm * tiles_n : 0;
+    const int64_t tiles_end = tiles_before + gemm::block_inclusive_scan(tiles, scratch, &chunk_tiles);
+    if (e < E) {
+      row_start[e + 1] = min(end, M);
+      tile_start[e + 1] = tiles_end;
+    }
+    rows_before += chunk_rows;
+    tiles_before += chunk_tiles;
+  }
+}
+
+struct GemmArgs {
+  const float* x;  // [M, K]
+  const float* w;  // w [E, N, K] (forward), w [E, K, N] (dX), or dy [M, N] (dW)
+  float* out;      // y [M, N], or dw [E, N, K]
+  int64_t M, K, N, E;
+  int64_t tiles_n, tiles_k;  // column blocks of y (forward, dX); n and k blocks of dw[e] (dW)
+  Plan plan;
+  bool out_vec4;  // rows of the output take 16-byte stores
+};
+
+// Persistent: block b runs tiles b, b + gridDim.x, … of all experts.
+template <class Shape, Op kOp, Precision kP, int kVec>
+__global__ void __launch_bounds__(Shape::kThreads) grouped_gemm_kernel(const GemmArgs args) {
+  extern __shared__ float4 smem_f4[];
+  float* smem = reinterpret_cast<float*>(smem_f4);
+  constexpr int kBM = Shape::kBM, kBN = Shape::kBN;
+  const int64_t num_tiles =
+      kOp == Op::kGradWeight ? args.E * args.tiles_n * args.tiles_k : args.plan.tile_start[args.E];
+  for (int64_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+    float acc[Shape::kMmaM][Shape::kMmaN][4];
+    if constexpr (kOp == Op::kGradWeight) {
+      // dw[e, n0 + i, k0 + j] = Σ_{r < rows} dy[row0 + r, n0 + i] · x[row0 + r, k0 + j]
+      const ExpertTile t = gemm::expert_tile(args.plan, tile, kBM, kBN, args.tiles_n, args.tiles_k);
+      const int rows = static_cast<int>(min(args.N - t.n0, static_cast<int64_t>(kBM)));
+      const int cols = static_cast<int>(min(args.K - t.k0, static_cast<int64_t>(kBN)));
+      const Operand a{args.w + t.row0 * args.N + t.n0, args.N, rows};
+      const Operand b{args.x + t.row0 * args.K + t.k0, args.K, cols};
+      gemm::mainloop<Shape, kAKMajor<kOp>, kBKMajor<kOp>, kP, kVec>(acc, smem, a, b, t.rows);
+      gemm::store_tile<Shape>(acc, smem, args.out + (t.expert * args.N + t.n0) * args.K + t.k0, args.K, rows, cols,
+                              args.out_vec4);
+    } else {
+      // y[row0 + i, col0 + j] = Σ_k x[row0 + i, k] · w[e, col0 + j, k]   (or w[e, k, col0 + j])
+      const RowTile t = gemm::row_tile(args.plan, tile, kBM, kBN, args.tiles_n);
+      const int cols = static_cast<int>(min(args.N - t.col0, static_cast<int64_t>(kBN)));
+      const float* w = args.w + t.expert * args.N * args.K;
+      const Operand a{args.x + t.row0 * args.K, args.K, t.rows};
+      const Operand b = kOp == Op::kForward ? Operand{w + t.col0 * args.K, args.K, cols}
+                                            : Operand{w + t.col0, args.N, cols};
+      gemm::mainloop<Shape, kAKMajor<kOp>, kBKMajor<kOp>, kP, kVec>(acc, smem, a, b, args.K);
+      gemm::store_tile<Shape>(acc, smem, args.out + t.row0 * args.N + t.col0, args.N, t.rows, cols, args.out_vec4);
+    }
+  }
+}
+
+bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+bool valid_precision(Precision p) {
+  return p == Precision::kTf32 || p == Precision::kBf16 || p == Precision::kHighest;
+}
+
+// Multiprocessors of the current device; cudaErrorNoKernelImageForDevice below sm_80.
+cudaError_t device_sms(int* sms) {
+  int device = 0, major = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess && major < 8) err = cudaErrorNoKernelImageForDevice;
+  return err;
+}
+
+template <class Shape, Op kOp, Precision kP, int kVec>
+cudaError_t launch_gemm(const GemmArgs& args, int64_t max_tiles, int sms, cudaStream_t stream) {
+  const auto kernel = grouped_gemm_kernel<Shape, kOp, kP, kVec>;
+  constexpr size_t kSmem = std::max(gemm::kSmemBytes<Shape, kAKMajor<kOp>, kBKMajor<kOp>>,
+                                    sizeof(float) * gemm::kEpilogueFloats<Shape>);
+  static_assert(kSmem <= 99 * 1024, "sm_86 and sm_89 give a block at most 99 KB");
+  cudaError_t err = cudaSuccess;
+  if (kSmem > 48 * 1024) err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  int per_sm = 0;
+  if (err == cudaSuccess)
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Shape::kThreads, kSmem);
+  if (err != cudaSuccess) return err;
+  if (per_sm == 0) return cudaErrorInvalidConfiguration;  // the device has too little shared memory
+  const int64_t grid = std::min<int64_t>(max_tiles, static_cast<int64_t>(sms) * per_sm);
+  kernel<<<static_cast<unsigned>(grid), Shape::kThreads, kSmem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+// Plans the tiles into stream-ordered workspace, runs the GEMM, frees the workspace.
+template <class Shape, Op kOp, Precision kP>
+cudaError_t run(GemmArgs args, const int32_t* group_sizes, bool vec4, int sms, cudaStream_t stream) {
+  const int64_t E = args.E;
+  int64_t max_tiles;  // a bound on the tiles, to size the grid
+  int plan_bm;
+  if constexpr (kOp == Op::kGradWeight) {
+    args.tiles_n = (args.N + Shape::kBM - 1) / Shape::kBM;
+    args.tiles_k = (args.K + Shape::kBN - 1) / Shape::kBN;
+    max_tiles = E * args.tiles_n * args.tiles_k;
+    plan_bm = 0;
+  } else {
+    args.tiles_n = (args.N + Shape::kBN - 1) / Shape::kBN;
+    args.tiles_k = 0;
+    max_tiles = ((args.M + Shape::kBM - 1) / Shape::kBM + E) * args.tiles_n;  // Σ_e ⌈rows_e / bm⌉ ≤ ⌈M / bm⌉ + E
+    plan_bm = Shape::kBM;
+  }
+  int64_t* workspace = nullptr;
+  cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&workspace), 2 * (E + 1) * sizeof(int64_t), stream);
+  if (err != cudaSuccess) return err;
+  args.plan = Plan{workspace, workspace + E + 1, E};
+  plan_kernel<<<1, kPlanThreads, 0, stream>>>(group_sizes, E, args.M, plan_bm, args.tiles_n, workspace,
+                                              workspace + E + 1);
+  err = cudaGetLastError();
+  if (err == cudaSuccess)
+    err = vec4 ? launch_gemm<Shape, kOp, kP, 4>(args, max_tiles, sms, stream)
+               : launch_gemm<Shape, kOp, kP, 1>(args, max_tiles, sms, stream);
+  const cudaError_t free_err = cudaFreeAsync(workspace, stream);
+  return err != cudaSuccess ? err : free_err;
+}
+
+template <Op kOp, Precision kP>
+cudaError_t run(const GemmArgs& args, const int32_t* group_sizes, bool vec4, int sms, cudaStream_t stream) {
+  return args.N <= kThinN ? run<ShapeFor<kOp, kP, true>, kOp, kP>(args, group_sizes, vec4, sms, stream)
+                          : run<ShapeFor<kOp, kP, false>, kOp, kP>(args, group_sizes, vec4, sms, stream);
+}
+
+template <Op kOp>
+cudaError_t run(const GemmArgs& args, const int32_t* group_sizes, Precision precision, bool vec4, int sms,
+                cudaStream_t stream) {
+  switch (precision) {
+    case Precision::kTf32: return run<kOp, Precision::kTf32>(args, group_sizes, vec4, sms, stream);
+    case Precision::kBf16: return run<kOp, Precision::kBf16>(args, group_sizes, vec4, sms, stream);
+    case Precision::kHighest: return run<kOp, Precision::kHighest>(args, group_sizes, vec4, sms, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_sizes, float* y, int64_t M, int64_t K,
+                         int64_t N, int64_t E, bool transpose_weight, Precision precision, cudaStream_t stream) {
+  if (M < 0 || K < 0 || N < 0 || E < 0 || !valid_precision(precision)) return cudaErrorInvalidValue;
+  if ((M > 0 && K > 0 && !x) || (E > 0 && N > 0 && K > 0 && !w) || (E > 0 && !group_sizes) ||
+      (M > 0 && N > 0 && !y))
+    return cudaErrorInvalidValue;
+  if (M == 0 || N == 0 || E == 0) return cudaSuccess;  // no row of y is owned by an expert
+  int sms = 0;
+  cudaError_t err = device_sms(&sms);
+  if (err != cudaSuccess) return err;
+
+  GemmArgs args{};
+  args.x = x, args.w = w, args.out = y, args.M = M, args.K = K, args.N = N, args.E = E;
+  args.out_vec4 = N % 4 == 0 && aligned(y, 16);
+  // 16-byte copies: rows of x, w and the extents along them are multiples of 4 floats.
+  const bool vec4 = K % 4 == 0 && (!transpose_weight || N % 4 == 0) && aligned(x, 16) && aligned(w, 16);
+  return transpose_weight ? run<Op::kForwardTransposed>(args, group_sizes, precision, vec4, sms, stream)
+                          : run<Op::kForward>(args, group_sizes, precision, vec4, sms, stream);
+}
+
+cudaError_t grouped_gemm_grad_weight(const float* x, const float* dy, const int32_t* group_sizes, float* dw,
+                                     int64_t M, int64_t K, int64_t N, int64_t E, Precision precision,
+                                     cudaStream_t stream) {
+  if (M < 0 || K < 0 || N < 0 || E < 0 || !valid_precision(precision)) return cudaErrorInvalidValue;
+  if ((M > 0 && K > 0 && !x) || (M > 0 && N > 0 && !dy) || (E > 0 && !group_sizes) ||
+      (E > 0 && N > 0 && K > 0 && !dw))
+    return cudaErrorInvalidValue;
+  if (E == 0 || N == 0 || K == 0) return cudaSuccess;  // dw is empty
+  int sms = 0;
+  cudaError_t err = device_sms(&sms);
+  if (err != cudaSuccess) return err;
+
+  GemmArgs args{};
+  args.x = x, args.w = dy, args.out = dw, args.M = M, args.K = K, args.N = N, args.E = E;
+  args.out_vec4 = K % 4 == 0 && aligned(dw, 16);
+  const bool vec4 = K % 4 == 0 && N % 4 == 0 && aligned(x, 16) && aligned(dy, 16);
+  return run<Op::kGradWeight>(args, group_sizes, precision, vec4, sms, stream);
+}
+
+}  // namespace moe::cuda

@@ -1,0 +1,69 @@
+/** CUDA grouped GEMM (forward, transposed weight, weight gradient) against float64 references. */
+import {Precision} from '../../src/native/cuda_addon';
+import {GroupedCase, randomFloats, randomGroupSizes, refGradWeight, refMoeFusedLinear, relativeError, spread} from '../helpers/reference';
+import {describeGpu, floatsOf, gpu, poisoned, toDevice} from './device';
+
+const TOLERANCE: Record<Precision, number> = {tf32: 1e-3, bf16: 1e-2, highest: 1e-5};
+
+const CASES: GroupedCase[] = [
+  {name: 'K=100 N=257, M not a multiple of any tile', M: 333, K: 100, N: 257, groups: spread(333, 5)},
+  {name: 'K=257 N=1000', M: 200, K: 257, N: 1000, groups: spread(200, 3)},
+  {name: 'K=1000 N=100', M: 150, K: 1000, N: 100, groups: spread(150, 4)},
+  {name: 'K=3 N=5', M: 77, K: 3, N: 5, groups: spread(77, 2)},
+  {name: 'empty experts', M: 130, K: 64, N: 72, groups: () => Int32Array.of(0, 50, 0, 0, 80, 0)},
+  {name: 'one expert holds every row', M: 300, K: 128, N: 96, groups: () => Int32Array.of(0, 0, 300, 0)},
+  {name: 'E=1', M: 257, K: 160, N: 144, groups: () => Int32Array.of(257)},
+  {name: 'E=256', M: 1000, K: 64, N: 48, groups: spread(1000, 256)},
+  {name: 'M=0', M: 0, K: 32, N: 16, groups: () => new Int32Array(4)},
+  {name: 'LoRA A (N = r = 16)', M: 600, K: 512, N: 16, groups: spread(600, 8)},
+  {name: 'LoRA B (K = r = 16)', M: 600, K: 16, N: 512, groups: spread(600, 8)},
+  {name: 'LoRA r = 4', M: 300, K: 4, N: 200, groups: spread(300, 8)},
+];
+
+describeGpu('CUDA grouped GEMM', () => {
+  describe.each(['tf32', 'bf16', 'highest'] as Precision[])('%s', precision => {
+    test.each(CASES)('$name', ({M, K, N, groups}) => {
+      const g = groups();
+      const E = g.length;
+      const x = randomFloats(M * K), w = randomFloats(E * N * K), dy = randomFloats(M * N);
+      const [dx, dw, dg, ddy] = [toDevice(x), toDevice(w), toDevice(g), toDevice(dy)];
+
+      const y = poisoned(M * N);
+      gpu.groupedGemm(dx, dw, dg, y, M, K, N, E, false, precision);
+      expect(relativeError(floatsOf(y, M * N), refMoeFusedLinear(x, w, g, M, K, N))).toBeLessThanOrEqual(TOLERANCE[precision]);
+
+      const yt = poisoned(M * N);  // w read as [E, K, N]
+      gpu.groupedGemm(dx, dw, dg, yt, M, K, N, E, true, precision);
+      expect(relativeError(floatsOf(yt, M * N), refMoeFusedLinear(x, w, g, M, K, N, true))).toBeLessThanOrEqual(TOLERANCE[precision]);
+
+      const grad = poisoned(E * N * K);
+      gpu.groupedGemmGradWeight(dx, ddy, dg, grad, M, K, N, E, precision);
+      expect(relativeError(floatsOf(grad, E * N * K), refGradWeight(x, dy, g, K, N))).toBeLessThanOrEqual(TOLERANCE[precision]);
+      for (const b of [dx, dw, dg, ddy, y, yt, grad]) b.free();
+    });
+  });
+
+  test('dW is deterministic: two runs give identical bits', () => {
+    const M = 4096, K = 256, N = 192, E = 8;
+    const g = randomGroupSizes(M, E, [40, 1, 1, 1, 1, 1, 1, 1]);  // skewed: one expert holds most rows
+    const [dx, ddy, dg] = [toDevice(randomFloats(M * K)), toDevice(randomFloats(M * N)), toDevice(g)];
+    const run = () => {
+      const out = poisoned(E * N * K);
+      gpu.groupedGemmGradWeight(dx, ddy, dg, out, M, K, N, E, 'tf32');
+      return Buffer.from(floatsOf(out, E * N * K).buffer);
+    };
+    expect(run().equals(run())).toBe(true);
+  });
+
+  test('bad arguments are errors raised before any launch', () => {
+    const a = gpu.alloc(64 * 4), g = toDevice(Int32Array.of(4, 4));
+    expect(() => gpu.groupedGemm(a, a, g, a, 8, 4, 2, 2, false, 'fp8' as Precision)).toThrow(/precision must be/);
+    expect(() => gpu.groupedGemm(a, a, g, a, 8, 16, 2, 2, false, 'tf32')).toThrow(/x holds 256 bytes, but the sizes given need 512/);
+    expect(() => gpu.groupedGemm(new Float32Array(8) as never, a, g, a, 2, 2, 2, 2, false, 'tf32')).toThrow(/x must be a DeviceBuffer/);
+    const freed = gpu.alloc(16);
+    freed.free();
+    expect(() => gpu.groupedGemm(freed, a, g, a, 0, 0, 0, 2, false, 'tf32')).toThrow(/x was freed/);
+    expect(() => gpu.groupedGemm(a, a, g, a, -1, 2, 2, 2, false, 'tf32')).toThrow(/M must be a non-negative integer/);
+    gpu.synchronize();
+  });
+});
