@@ -52,9 +52,10 @@ function main() {
   console.log(`# CUDA grouped GEMM on ${info.name} (sm_${info.computeCapability.replace('.', '')}, ` +
               `${info.multiProcessors} SMs), ${new Date().toISOString().slice(0, 10)}`);
   const copy = baselines.copy_TBps as unknown as number | undefined;
-  console.log(`| shape | M | op | ${PRECISIONS.join(' | ')} | tf32 ÷ dense tf32 | bf16 ÷ dense bf16 | ` +
-              `bf16 ÷ _grouped_mm | highest ÷ dense fp32 | GB/s (bf16) |`);
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  const header = ['shape', 'M', 'op', ...PRECISIONS, 'tf32 ÷ dense tf32', 'bf16 ÷ dense bf16', 'bf16 ÷ _grouped_mm',
+                  'highest ÷ dense fp32', 'GB/s (bf16)'];
+  console.log(`| ${header.join(' | ')} |`);
+  console.log(`|${header.map(() => ' --- ').join('|')}|`);
   for (const {name, K, N} of SHAPES) {
     for (const M of ROWS) {
       const g = new Int32Array(E);
