@@ -19,3 +19,24 @@ export {moeSortByExpert, ExpertOrder} from './ops/moe_sort_by_expert';
 export {moeCombineRows, moeGatherRows} from './ops/moe_rows';
 export {cpuAddon} from './native/cpu_addon';
 export {cudaAddon, cudaAddonBuilt, CudaAddon, CudaEvent, DeviceBuffer, Precision} from './native/cuda_addon';
+
+// Layers and the Qwen3-MoE model (models/qwen3_moe).
+export {Linear} from './layers/linear';
+export {MoeFusedLinearLayer} from './layers/moe_fused_linear';
+export {RMSNorm} from './layers/rms_norm';
+export {TokenEmbedding} from './layers/token_embedding';
+export {Qwen3Attention} from './layers/attention';
+export {DenseMlp} from './layers/mlp';
+export {SparseMoe} from './layers/sparse_moe';
+export {DecoderLayer} from './layers/decoder_layer';
+export {LoraOptions} from './layers/lora';
+export {applyLora, LoraConfig, mergeLora, unmergeLora} from './lora/apply_lora';
+export {fromHfConfig, isSparseLayer, Qwen3MoeConfig} from '../models/qwen3_moe/config';
+export {buildQwen3MoeForCausalLM, BuildOptions, sparseBlocks} from '../models/qwen3_moe/model';
+// Training.
+export {causalLmLoss, IGNORE_INDEX} from './train/causal_lm_loss';
+export {routerAuxLoss} from './train/router_aux_loss';
+export {AdamW, AdamWConfig} from './train/adamw';
+// Weights.
+export {HostTensor, readSafetensors} from './io/safetensors';
+export {hfName, loadHfWeights} from './io/hf_weights';

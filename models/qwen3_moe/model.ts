@@ -1,0 +1,66 @@
+/**
+ * Qwen3MoeForCausalLM from tfjs layers: ids [B, S] (and optionally attentionMask [B, S]) →
+ * logits [B, S, V]. Layer names are Transformers' module paths (model.embed_tokens,
+ * model.layers.L.self_attn.q_proj, model.norm, lm_head), so weights map one to one onto a
+ * Hugging Face checkpoint with fused experts (mlp.{gate,up,down}_proj [E, out, in]).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import * as tfl from '@tensorflow/tfjs-layers';
+
+import {DecoderLayer} from '../../src/layers/decoder_layer';
+import {Linear} from '../../src/layers/linear';
+import {RMSNorm} from '../../src/layers/rms_norm';
+import {SparseMoe} from '../../src/layers/sparse_moe';
+import {TokenEmbedding} from '../../src/layers/token_embedding';
+import {routerAuxLoss} from '../../src/train/router_aux_loss';
+import {isSparseLayer, Qwen3MoeConfig} from './config';
+
+export interface BuildOptions {
+  /** Add a second input, attentionMask [B, S] (1 = token, 0 = padding). */
+  attentionMask?: boolean;
+}
+
+export function buildQwen3MoeForCausalLM(config: Qwen3MoeConfig, options: BuildOptions = {}): tfl.LayersModel {
+  const ids = tfl.input({shape: [null], dtype: 'int32', name: 'input_ids'});
+  const mask = options.attentionMask ? tfl.input({shape: [null], dtype: 'int32', name: 'attention_mask'}) : undefined;
+  const embed = new TokenEmbedding({
+    name: 'model.embed_tokens', vocabSize: config.vocabSize, hiddenSize: config.hiddenSize, initStd: config.initializerRange,
+  });
+  let h = embed.apply(ids) as tfl.SymbolicTensor;
+  for (let i = 0; i < config.numHiddenLayers; ++i) {
+    const layer = new DecoderLayer({
+      name: `model.layers.${i}`,
+      hiddenSize: config.hiddenSize,
+      numHeads: config.numAttentionHeads,
+      numKvHeads: config.numKeyValueHeads,
+      headDim: config.headDim,
+      ropeTheta: config.ropeTheta,
+      rmsNormEps: config.rmsNormEps,
+      intermediateSize: config.intermediateSize,
+      moe: isSparseLayer(config, i) ? {
+        moeIntermediateSize: config.moeIntermediateSize,
+        numExperts: config.numExperts,
+        topK: config.numExpertsPerTok,
+        normTopKProb: config.normTopKProb,
+      } : undefined,
+    });
+    h = layer.apply(mask ? [h, mask] : h) as tfl.SymbolicTensor;
+  }
+  const norm = new RMSNorm({name: 'model.norm', eps: config.rmsNormEps});
+  h = norm.apply(h) as tfl.SymbolicTensor;
+  const head = config.tieWordEmbeddings ? embed : new Linear({name: 'lm_head', units: config.vocabSize});
+  const logits = head.apply(h) as tfl.SymbolicTensor;
+  const model = tfl.model({inputs: mask ? [ids, mask] : ids, outputs: logits, name: 'Qwen3MoeForCausalLM'});
+  if (config.outputRouterLogits && config.routerAuxLossCoef > 0) {
+    // Transformers adds coef · aux to the loss; a layer loss is what model.fit adds to ours.
+    const blocks = sparseBlocks(model);
+    blocks.forEach(b => b.recordRouterLogits = true);
+    norm.addLoss(() => tf.mul(routerAuxLoss(blocks), config.routerAuxLossCoef) as tf.Scalar);
+  }
+  return model;
+}
+
+/** The sparse MoE blocks of a model, in layer order. */
+export function sparseBlocks(model: tfl.LayersModel): SparseMoe[] {
+  return model.layers.flatMap(l => l instanceof DecoderLayer && l.mlp instanceof SparseMoe ? [l.mlp] : []);
+}

@@ -1,0 +1,80 @@
+/**
+ * LoRA on a model in PEFT's way: adapters on the projections whose name ends in a target
+ * (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, or the router `gate`), every
+ * other weight frozen. Works on any model made of this package's layers.
+ */
+import * as tfl from '@tensorflow/tfjs-layers';
+
+import {CompositeLayer} from '../layers/composite';
+import {LoraOptions} from '../layers/lora';
+import {LoraLinearBase} from '../layers/lora_linear_base';
+
+export interface LoraConfig {
+  /** Default rank. */
+  r: number;
+  /** Default alpha (scaling alpha / r, or alpha / √r with useRslora). */
+  alpha: number;
+  /** Module-name suffixes to adapt, e.g. ['q_proj', 'v_proj', 'gate_proj', 'up_proj', 'down_proj']. */
+  targets: string[];
+  /** Per-module ranks, keyed by a name suffix (or full name) as PEFT's rank_pattern. */
+  rankPattern?: Record<string, number>;
+  /** Per-module alphas, keyed likewise (PEFT's alpha_pattern). */
+  alphaPattern?: Record<string, number>;
+  useRslora?: boolean;
+  dropout?: number;
+}
+
+/** Every leaf layer of a model, composites opened. */
+export function leafLayers(model: tfl.LayersModel): tfl.layers.Layer[] {
+  const open = (layer: tfl.layers.Layer): tfl.layers.Layer[] =>
+      layer instanceof CompositeLayer ? layer.children().flatMap(open) : [layer];
+  return model.layers.flatMap(open);
+}
+
+/** Whether module `name` matches a target or pattern key: equal, or ending in `.key`. */
+function matches(name: string, key: string): boolean {
+  return name === key || name.endsWith(`.${key}`);
+}
+
+function pattern(name: string, table: Record<string, number> | undefined, fallback: number): number {
+  for (const [key, value] of Object.entries(table ?? {})) if (matches(name, key)) return value;
+  return fallback;
+}
+
+/**
+ * Adds adapters to the target layers and freezes every other weight. Returns the adapted layers.
+ * Call model.compile() afterwards: the trainable weights are collected at compile time.
+ */
+export function applyLora(model: tfl.LayersModel, config: LoraConfig): LoraLinearBase[] {
+  if (config.targets.length === 0) throw new RangeError('applyLora: targets must name at least one module');
+  const adapted: LoraLinearBase[] = [];
+  for (const layer of leafLayers(model)) {
+    const target = layer instanceof LoraLinearBase && config.targets.some(t => matches(layer.name, t));
+    if (!target) {
+      layer.trainable = false;
+      continue;
+    }
+    const options: LoraOptions = {
+      r: pattern(layer.name, config.rankPattern, config.r),
+      alpha: pattern(layer.name, config.alphaPattern, config.alpha),
+      useRslora: config.useRslora,
+      dropout: config.dropout,
+    };
+    layer.enableLora(options);
+    adapted.push(layer);
+  }
+  if (adapted.length === 0) {
+    throw new RangeError(`applyLora: no layer matches the targets ${JSON.stringify(config.targets)}`);
+  }
+  return adapted;
+}
+
+/** Merges every adapter into its base weight (W ← W + scaling·B·A). */
+export function mergeLora(model: tfl.LayersModel): void {
+  for (const layer of leafLayers(model)) if (layer instanceof LoraLinearBase && layer.adapter) layer.mergeLora();
+}
+
+/** Undoes mergeLora. */
+export function unmergeLora(model: tfl.LayersModel): void {
+  for (const layer of leafLayers(model)) if (layer instanceof LoraLinearBase && layer.adapter) layer.unmergeLora();
+}
