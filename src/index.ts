@@ -37,6 +37,8 @@ export {buildQwen3MoeForCausalLM, BuildOptions, sparseBlocks} from '../models/qw
 export {causalLmLoss, IGNORE_INDEX} from './train/causal_lm_loss';
 export {routerAuxLoss} from './train/router_aux_loss';
 export {AdamW, AdamWConfig} from './train/adamw';
+export {compileCausalLm, setGradientCheckpointing} from './train/causal_lm';
+export {Progress, TrainingProgress} from './train/progress';
 // Weights.
 export {HostTensor, readSafetensors} from './io/safetensors';
 export {hfName, loadHfWeights} from './io/hf_weights';

@@ -92,8 +92,8 @@ export class DecoderLayer extends CompositeLayer {
       save([input]);
       return {
         value: forward(input),
-        gradFunc: (dy: tf.Tensor | tf.Tensor[], [saved]: tf.Tensor[]) => tf.engine().gradients(
-            () => tf.sum(tf.mul(forward(saved), dy as tf.Tensor)) as tf.Scalar, [saved, ...variables], undefined, true).grads,
+        gradFunc: (dy: tf.Tensor | tf.Tensor[], [saved]: tf.Tensor[]) => nestedGradients(
+            () => tf.sum(tf.mul(forward(saved), dy as tf.Tensor)) as tf.Scalar, [saved, ...variables]),
       };
     });
     return (run as (...t: tf.Tensor[]) => tf.Tensor)(x, ...variables);
@@ -105,3 +105,19 @@ export class DecoderLayer extends CompositeLayer {
   }
 }
 tf.serialization.registerClass(DecoderLayer);
+
+/**
+ * d f / d xs, from inside a backward pass. tfjs's Engine.gradients() at gradient depth 0 starts a
+ * tape and drops the active one on return, so the tape being walked is set aside meanwhile.
+ */
+function nestedGradients(f: () => tf.Scalar, xs: tf.Tensor[]): tf.Tensor[] {
+  const state = (tf.engine() as unknown as {state: {gradientDepth: number; activeTape: unknown}}).state;
+  const [depth, tape] = [state.gradientDepth, state.activeTape];
+  state.gradientDepth = 0;
+  try {
+    return tf.engine().gradients(f, xs, undefined, true).grads;
+  } finally {
+    state.gradientDepth = depth;
+    state.activeTape = tape;
+  }
+}

@@ -32,7 +32,9 @@ type NamedTensor = {name: string; tensor: tf.Tensor};
 type NamedGrads = tf.NamedTensorMap | NamedTensor[];
 
 export class AdamW extends tf.AdamOptimizer {
-  static override className = 'AdamW';
+  static override get className(): string {
+    return 'AdamW';
+  }
   readonly config: Required<Omit<AdamWConfig, 'maxGradNorm' | 'totalSteps'>> & Pick<AdamWConfig, 'maxGradNorm' | 'totalSteps'>;
   private accumulated = new Map<string, tf.Tensor>();
   private microBatches = 0;
