@@ -1,10 +1,13 @@
 // Grouped GEMMs of the MoE layer on the GPU (moe_cuda.h): a plan kernel computes the experts' row
 // ranges and tile prefix sums from group_sizes on the device; a persistent kernel walks all
-// experts' tiles (tile_scheduler.cuh) and runs the sm_80 tensor-core tile math (gemm_sm80.cuh).
+// experts' tiles (tile_scheduler.cuh) and runs the sm_80 tensor-core tile math (gemm_sm80.cuh), or
+// on compute capability 9.0 the wgmma tile math (gemm_sm90.cuh) for tf32 and bf16 forward.
 //
 //   forward  y[m, n]     = Σ_k x[m, k] · w[g(m), n, k]     A = x (K-major), B = w[e] (K-major)
 //   dX       y[m, n]     = Σ_k x[m, k] · w[g(m), k, n]     A = x (K-major), B = w[e] (MN-major)
 //   dW       dw[e, n, k] = Σ_{m in e} dy[m, n] · x[m, k]   A = dyᵀ (MN-major), B = xᵀ (MN-major)
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -12,6 +15,7 @@
 #include <type_traits>
 
 #include "gemm_sm80.cuh"
+#include "gemm_sm90.cuh"
 #include "moe_cuda.h"
 #include "tile_scheduler.cuh"
 
@@ -113,19 +117,46 @@ __global__ void __launch_bounds__(Shape::kThreads) grouped_gemm_kernel(const Gem
   }
 }
 
+// sm_90a forward (tf32, bf16): the same schedule over 128 × 256 tiles, wgmma tile math, operands
+// by TMA: map_x over x [M, K], map_w over w as [E·N, K]. Needs K > 0, K % 4 == 0, N % 4 == 0,
+// 16-byte aligned x, w, y, and M, E·N < 2³¹ (gemm_sm90.cuh).
+template <Precision kP>
+__global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
+    grouped_gemm_sm90_kernel(const GemmArgs args, const __grid_constant__ CUtensorMap map_x,
+                             const __grid_constant__ CUtensorMap map_w) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  namespace g90 = gemm::sm90;
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + (1024 - gemm::smem_addr(smem_raw) % 1024) % 1024;  // the swizzles need 1024
+  // y[row0 + i, col0 + j] = Σ_k x[row0 + i, k] · w[e, col0 + j, k]
+  const auto job = [&](int64_t tile) {
+    const RowTile t = gemm::row_tile(args.plan, tile, g90::kBM, g90::kBN, args.tiles_n);
+    const int cols = static_cast<int>(min(args.N - t.col0, static_cast<int64_t>(g90::kBN)));
+    return g90::TileJob{static_cast<int>(t.row0), static_cast<int>(t.expert * args.N + t.col0),
+                        args.out + t.row0 * args.N + t.col0, args.N, t.rows, cols};
+  };
+  g90::run_tiles<kP>(smem, args.plan.tile_start[args.E], args.K, job, &map_x, &map_w);
+#else
+  __trap();  // launched only on devices of compute capability 9.0, which run the sm_90a image
+#endif
+}
+
 bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 bool valid_precision(Precision p) {
   return p == Precision::kTf32 || p == Precision::kBf16 || p == Precision::kHighest;
 }
 
-// Multiprocessors of the current device; cudaErrorNoKernelImageForDevice below sm_80.
-cudaError_t device_sms(int* sms) {
-  int device = 0, major = 0;
+// Multiprocessors and, if asked, compute capability (10·major + minor) of the current device;
+// cudaErrorNoKernelImageForDevice below sm_80.
+cudaError_t device_sms(int* sms, int* capability = nullptr) {
+  int device = 0, major = 0, minor = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
   if (err == cudaSuccess && major < 8) err = cudaErrorNoKernelImageForDevice;
+  if (capability) *capability = 10 * major + minor;
   return err;
 }
 
@@ -147,7 +178,23 @@ cudaError_t launch_gemm(const GemmArgs& args, int64_t max_tiles, int sms, cudaSt
   return cudaGetLastError();
 }
 
-// Plans the tiles into stream-ordered workspace, runs the GEMM, frees the workspace.
+// Plans the tiles of plan_bm rows × args.tiles_n column blocks into stream-ordered workspace
+// (plan_bm = 0: dW, no tile_start), runs launch(args with the plan), frees the workspace.
+template <class Launch>
+cudaError_t with_plan(GemmArgs args, const int32_t* group_sizes, int plan_bm, cudaStream_t stream, Launch launch) {
+  const int64_t E = args.E;
+  int64_t* workspace = nullptr;
+  cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&workspace), 2 * (E + 1) * sizeof(int64_t), stream);
+  if (err != cudaSuccess) return err;
+  args.plan = Plan{workspace, workspace + E + 1, E};
+  plan_kernel<<<1, kPlanThreads, 0, stream>>>(group_sizes, E, args.M, plan_bm, args.tiles_n, workspace,
+                                              workspace + E + 1);
+  err = cudaGetLastError();
+  if (err == cudaSuccess) err = launch(args);
+  const cudaError_t free_err = cudaFreeAsync(workspace, stream);
+  return err != cudaSuccess ? err : free_err;
+}
+
 template <class Shape, Op kOp, Precision kP>
 cudaError_t run(GemmArgs args, const int32_t* group_sizes, bool vec4, int sms, cudaStream_t stream) {
   const int64_t E = args.E;
@@ -164,18 +211,50 @@ cudaError_t run(GemmArgs args, const int32_t* group_sizes, bool vec4, int sms, c
     max_tiles = ((args.M + Shape::kBM - 1) / Shape::kBM + E) * args.tiles_n;  // Σ_e ⌈rows_e / bm⌉ ≤ ⌈M / bm⌉ + E
     plan_bm = Shape::kBM;
   }
-  int64_t* workspace = nullptr;
-  cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&workspace), 2 * (E + 1) * sizeof(int64_t), stream);
-  if (err != cudaSuccess) return err;
-  args.plan = Plan{workspace, workspace + E + 1, E};
-  plan_kernel<<<1, kPlanThreads, 0, stream>>>(group_sizes, E, args.M, plan_bm, args.tiles_n, workspace,
-                                              workspace + E + 1);
-  err = cudaGetLastError();
-  if (err == cudaSuccess)
-    err = vec4 ? launch_gemm<Shape, kOp, kP, 4>(args, max_tiles, sms, stream)
-               : launch_gemm<Shape, kOp, kP, 1>(args, max_tiles, sms, stream);
-  const cudaError_t free_err = cudaFreeAsync(workspace, stream);
-  return err != cudaSuccess ? err : free_err;
+  return with_plan(args, group_sizes, plan_bm, stream, [&](const GemmArgs& planned) {
+    return vec4 ? launch_gemm<Shape, kOp, kP, 4>(planned, max_tiles, sms, stream)
+                : launch_gemm<Shape, kOp, kP, 1>(planned, max_tiles, sms, stream);
+  });
+}
+
+// A TMA descriptor of rows × depth float32 at base (row-major, depth % 4 == 0, 16-byte aligned):
+// boxes of 32 × box_rows, 128-byte swizzled, zeros outside. The driver's encoder is looked up once
+// through the runtime (no link to libcuda); false where the driver lacks it.
+bool encode_tma(CUtensorMap* map, const float* base, int64_t rows, int64_t depth, int box_rows) {
+  static const auto encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    const cudaError_t err =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found);
+    using Encode = PFN_cuTensorMapEncodeTiled_v12000;
+    return err == cudaSuccess && found == cudaDriverEntryPointSuccess ? reinterpret_cast<Encode>(fn) : nullptr;
+  }();
+  if (!encode) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(depth), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(depth) * sizeof(float)};
+  const cuuint32_t box[2] = {gemm::sm90::kBK, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t steps[2] = {1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, const_cast<float*>(base), dims, strides, box, steps,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <Precision kP>
+cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_x, const CUtensorMap& map_w, const int32_t* group_sizes,
+                     int sms, cudaStream_t stream) {
+  namespace g90 = gemm::sm90;
+  args.tiles_n = (args.N + g90::kBN - 1) / g90::kBN;
+  args.tiles_k = 0;
+  const int64_t max_tiles = ((args.M + g90::kBM - 1) / g90::kBM + args.E) * args.tiles_n;
+  return with_plan(args, group_sizes, g90::kBM, stream, [&](const GemmArgs& planned) {
+    const auto kernel = grouped_gemm_sm90_kernel<kP>;
+    constexpr size_t kSmem = g90::Layout<kP>::kSmemBytes;
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (err != cudaSuccess) return err;
+    kernel<<<static_cast<unsigned>(std::min<int64_t>(max_tiles, sms)), g90::kThreads, kSmem, stream>>>(planned, map_x,
+                                                                                                     map_w);
+    return cudaGetLastError();
+  });
 }
 
 template <Op kOp, Precision kP>
@@ -204,8 +283,8 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
       (M > 0 && N > 0 && !y))
     return cudaErrorInvalidValue;
   if (M == 0 || N == 0 || E == 0) return cudaSuccess;  // no row of y is owned by an expert
-  int sms = 0;
-  cudaError_t err = device_sms(&sms);
+  int sms = 0, capability = 0;
+  cudaError_t err = device_sms(&sms, &capability);
   if (err != cudaSuccess) return err;
 
   GemmArgs args{};
@@ -213,6 +292,17 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
   args.out_vec4 = N % 4 == 0 && aligned(y, 16);
   // 16-byte copies: rows of x, w and the extents along them are multiples of 4 floats.
   const bool vec4 = K % 4 == 0 && (!transpose_weight || N % 4 == 0) && aligned(x, 16) && aligned(w, 16);
+  // The sm_90a path where it was measured faster (H100): tiles at least as wide as its 256 columns,
+  // and outside the shallow-and-wide corner (K < 512, N > 1024) where storing y dominates and the
+  // sm_80 path's staged 16-byte row stores win.
+  const bool sm90_shape = N >= gemm::sm90::kBN && K >= 64 && (K >= 512 || N <= 1024);
+  CUtensorMap map_x, map_w;
+  if (capability == 90 && !transpose_weight && (precision == Precision::kTf32 || precision == Precision::kBf16) &&
+      sm90_shape && vec4 && args.out_vec4 && M < (int64_t{1} << 31) && E * N < (int64_t{1} << 31) &&
+      encode_tma(&map_x, x, M, K, gemm::sm90::kBM) && encode_tma(&map_w, w, E * N, K, gemm::sm90::kBN)) {
+    return precision == Precision::kTf32 ? run_sm90<Precision::kTf32>(args, map_x, map_w, group_sizes, sms, stream)
+                                         : run_sm90<Precision::kBf16>(args, map_x, map_w, group_sizes, sms, stream);
+  }
   return transpose_weight ? run<Op::kForwardTransposed>(args, group_sizes, precision, vec4, sms, stream)
                           : run<Op::kForward>(args, group_sizes, precision, vec4, sms, stream);
 }
