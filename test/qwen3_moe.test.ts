@@ -17,7 +17,7 @@ import {buildQwen3MoeForCausalLM, sparseBlocks} from '../models/qwen3_moe/model'
 import {moeRoute} from '../src';
 import {hfName, loadHfWeights} from '../src/io/hf_weights';
 import {HostTensor, readSafetensors} from '../src/io/safetensors';
-import {applyLora} from '../src/lora/apply_lora';
+import {applyLora, mergeLora, unmergeLora} from '../src/lora/apply_lora';
 import {causalLmLoss} from '../src/train/causal_lm_loss';
 import {routerAuxLoss} from '../src/train/router_aux_loss';
 
@@ -105,6 +105,38 @@ describe.each(BACKENDS.filter(b => b !== 'fallback'))('Qwen3-MoE against Transfo
       expect(expected).toBeDefined();
       expect(relativeError(await grads[(weight.read() as tf.Variable).name].data(), expected!.data)).toBeLessThanOrEqual(1e-4);
     }
+    model.dispose();
+  });
+
+  test('mergeLora folds the adapters into the weights (same logits); unmergeLora takes them out again', async () => {
+    const f = fixture('base');
+    const {model, inputs} = setUp(f);
+    const {lora} = f.hf;
+    applyLora(model, {r: 1, alpha: lora.alpha, targets: lora.target_modules, rankPattern: lora.r});
+    loadHfWeights(model, f.weights);
+    const base = model.weights.filter(w => w.originalName.endsWith('/weight'));
+    const before = await Promise.all(base.map(w => w.read().data()));
+    const withAdapters = await (model.predict(inputs) as tf.Tensor).data();
+    expect(relativeError(withAdapters, f.io.get('lora_logits')!.data)).toBeLessThanOrEqual(1e-5);
+    mergeLora(model);
+    expect(relativeError(await (model.predict(inputs) as tf.Tensor).data(), withAdapters)).toBeLessThanOrEqual(1e-5);
+    expect(() => mergeLora(model)).toThrow(/already merged/);
+    unmergeLora(model);
+    const after = await Promise.all(base.map(w => w.read().data()));
+    before.forEach((w, i) => expect(relativeError(after[i], w)).toBeLessThanOrEqual(1e-6));
+    model.dispose();
+  });
+
+  test('configs of Transformers 4 and 5 read alike; what the model lacks is reported', () => {
+    const v5 = fixture('gqa').hf;
+    const v4 = {...v5, num_experts: v5.num_local_experts, rope_theta: 1e6, num_local_experts: undefined, rope_parameters: undefined};
+    expect(fromHfConfig(v4)).toEqual(fromHfConfig(v5));
+    expect(() => fromHfConfig({...v5, rope_parameters: {rope_type: 'yarn', factor: 4}})).toThrow(/rope type "yarn" is not supported/);
+    expect(() => fromHfConfig({...v5, hidden_act: 'gelu'})).toThrow(/hidden_act "gelu" is not supported/);
+    expect(() => fromHfConfig({...v5, model_type: 'llama'})).toThrow(/model_type "llama" is not qwen3_moe/);
+    expect(() => fromHfConfig({...v5, hidden_size: undefined})).toThrow(/missing hidden_size/);
+    const model = buildQwen3MoeForCausalLM(fromHfConfig(v5));
+    expect(() => applyLora(model, {r: 4, alpha: 8, targets: ['qkv']})).toThrow(/no layer matches the targets \["qkv"\]/);
     model.dispose();
   });
 });

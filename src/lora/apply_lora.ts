@@ -6,7 +6,6 @@
 import * as tfl from '@tensorflow/tfjs-layers';
 
 import {CompositeLayer} from '../layers/composite';
-import {LoraOptions} from '../layers/lora';
 import {LoraLinearBase} from '../layers/lora_linear_base';
 
 export interface LoraConfig {
@@ -47,24 +46,24 @@ function pattern(name: string, table: Record<string, number> | undefined, fallba
  */
 export function applyLora(model: tfl.LayersModel, config: LoraConfig): LoraLinearBase[] {
   if (config.targets.length === 0) throw new RangeError('applyLora: targets must name at least one module');
-  const adapted: LoraLinearBase[] = [];
-  for (const layer of leafLayers(model)) {
-    const target = layer instanceof LoraLinearBase && config.targets.some(t => matches(layer.name, t));
-    if (!target) {
+  const layers = leafLayers(model);
+  const isTarget = (layer: tfl.layers.Layer): layer is LoraLinearBase =>
+      layer instanceof LoraLinearBase && config.targets.some(t => matches(layer.name, t));
+  const adapted = layers.filter(isTarget);
+  if (adapted.length === 0) {
+    throw new RangeError(`applyLora: no layer matches the targets ${JSON.stringify(config.targets)}`);
+  }
+  for (const layer of layers) {
+    if (!isTarget(layer)) {
       layer.trainable = false;
       continue;
     }
-    const options: LoraOptions = {
+    layer.enableLora({
       r: pattern(layer.name, config.rankPattern, config.r),
       alpha: pattern(layer.name, config.alphaPattern, config.alpha),
       useRslora: config.useRslora,
       dropout: config.dropout,
-    };
-    layer.enableLora(options);
-    adapted.push(layer);
-  }
-  if (adapted.length === 0) {
-    throw new RangeError(`applyLora: no layer matches the targets ${JSON.stringify(config.targets)}`);
+    });
   }
   return adapted;
 }
