@@ -21,13 +21,17 @@ import {RMSNorm} from './rms_norm';
 /** The smallest float32, which Transformers adds to masked attention scores. */
 const MASKED = -3.4028234663852886e38;
 
-export interface AttentionArgs extends LayerArgs {
+/** The sizes of Qwen3 attention (shared with the decoder layer that holds it). */
+export interface AttentionShape {
   hiddenSize: number;
   numHeads: number;
   numKvHeads: number;
   headDim: number;
   ropeTheta: number;
   rmsNormEps: number;
+}
+
+export interface AttentionArgs extends LayerArgs, AttentionShape {
   /** LoRA adapters of the projections, by child name (q_proj, k_proj, v_proj, o_proj). */
   lora?: Record<string, LoraOptions>;
 }

@@ -8,20 +8,14 @@ import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import type {LayerArgs} from '@tensorflow/tfjs-layers/dist/engine/topology';
 
-import {Qwen3Attention} from './attention';
+import {AttentionShape, Qwen3Attention} from './attention';
 import {asConfig, built, CompositeLayer} from './composite';
 import {LoraOptions} from './lora';
 import {DenseMlp, loraBelow, loraOf} from './mlp';
 import {RMSNorm} from './rms_norm';
 import {SparseMoe} from './sparse_moe';
 
-export interface DecoderLayerArgs extends LayerArgs {
-  hiddenSize: number;
-  numHeads: number;
-  numKvHeads: number;
-  headDim: number;
-  ropeTheta: number;
-  rmsNormEps: number;
+export interface DecoderLayerArgs extends LayerArgs, AttentionShape {
   /** Sparse MoE MLP when set; otherwise a dense MLP of intermediateSize. */
   moe?: {moeIntermediateSize: number; numExperts: number; topK: number; normTopKProb: boolean};
   intermediateSize: number;
@@ -45,9 +39,10 @@ export class DecoderLayer extends CompositeLayer {
     const {hiddenSize, rmsNormEps} = args;
     const path = (child: string) => `${this.name}.${child}`;
     this.input_layernorm = built(new RMSNorm({name: path('input_layernorm'), eps: rmsNormEps}), [hiddenSize]);
+    const {numHeads, numKvHeads, headDim, ropeTheta} = args;
     this.self_attn = new Qwen3Attention({
-      name: path('self_attn'), hiddenSize, numHeads: args.numHeads, numKvHeads: args.numKvHeads, headDim: args.headDim,
-      ropeTheta: args.ropeTheta, rmsNormEps, lora: loraBelow(args.lora, 'self_attn'),
+      name: path('self_attn'), hiddenSize, numHeads, numKvHeads, headDim, ropeTheta, rmsNormEps,
+      lora: loraBelow(args.lora, 'self_attn'),
     });
     this.post_attention_layernorm = built(new RMSNorm({name: path('post_attention_layernorm'), eps: rmsNormEps}), [hiddenSize]);
     const mlpLora = loraBelow(args.lora, 'mlp');
