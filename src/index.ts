@@ -39,6 +39,8 @@ export {routerAuxLoss} from './train/router_aux_loss';
 export {AdamW, AdamWConfig} from './train/adamw';
 export {compileCausalLm, setGradientCheckpointing} from './train/causal_lm';
 export {Progress, TrainingProgress} from './train/progress';
-// Weights.
-export {HostTensor, readSafetensors} from './io/safetensors';
+// Weights and checkpoints.
+export {HostTensor, readSafetensors, SafetensorsFile, TensorToWrite, writeSafetensors} from './io/safetensors';
 export {hfName, loadHfWeights} from './io/hf_weights';
+export {HfCheckpoint, loadHfCheckpoint, saveHfCheckpoint, SaveOptions} from './io/hf_checkpoint';
+export {registerFileHandlers} from './io/file_handler';

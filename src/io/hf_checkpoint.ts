@@ -1,0 +1,225 @@
+/**
+ * Hugging Face checkpoints of Qwen3-MoE: a directory with config.json and model.safetensors, or
+ * shards listed in model.safetensors.index.json. Tensors are read one at a time, so a checkpoint
+ * never sits in memory whole. Experts load into our fused layout ([E, out, in] per projection)
+ * from any of the layouts found in the wild:
+ *   fused (this package, the seed project)  model.layers.L.mlp.{gate,up,down}_proj.weight [E, out, in]
+ *   Transformers 5                          model.layers.L.mlp.experts.gate_up_proj [E, 2·I, H]
+ *                                           model.layers.L.mlp.experts.down_proj    [E, H, I]
+ *   unfused (Transformers 4, the Hub)       model.layers.L.mlp.experts.e.{gate,up,down}_proj.weight [out, in]
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+
+import * as tf from '@tensorflow/tfjs-core';
+import * as tfl from '@tensorflow/tfjs-layers';
+
+import {hfName} from './hf_weights';
+import {HostTensor, SafetensorsFile, TensorToWrite, writeAtomically, writeSafetensors} from './safetensors';
+
+const INDEX = 'model.safetensors.index.json';
+const SINGLE = 'model.safetensors';
+
+/** The tensors of a checkpoint directory, by name, read on demand. */
+export class HfCheckpoint {
+  private readonly files = new Map<string, SafetensorsFile>();
+  /** Tensor name → the file that holds it. */
+  private readonly where = new Map<string, SafetensorsFile>();
+
+  private constructor(readonly dir: string) {
+    const index = path.join(dir, INDEX);
+    if (fs.existsSync(index)) {
+      let weightMap: Record<string, string>;
+      try {
+        weightMap = JSON.parse(fs.readFileSync(index, 'utf8')).weight_map;
+      } catch (e) {
+        throw new SyntaxError(`${index}: not valid JSON (${(e as Error).message})`);
+      }
+      if (typeof weightMap !== 'object' || weightMap === null) throw new TypeError(`${index}: no weight_map object`);
+      for (const [name, shard] of Object.entries(weightMap)) {
+        const file = this.file(shard);
+        if (!file.entries.has(name)) throw new Error(`${index}: ${JSON.stringify(name)} is not in ${shard}`);
+        this.where.set(name, file);
+      }
+    } else if (fs.existsSync(path.join(dir, SINGLE))) {
+      const file = this.file(SINGLE);
+      for (const name of file.entries.keys()) this.where.set(name, file);
+    } else {
+      throw new Error(`${dir}: neither ${SINGLE} nor ${INDEX} found`);
+    }
+  }
+
+  static open(dir: string): HfCheckpoint {
+    return new HfCheckpoint(dir);
+  }
+
+  private file(shard: string): SafetensorsFile {
+    if (shard.includes('/') || shard.includes('\\')) throw new Error(`${this.dir}: shard name ${JSON.stringify(shard)} leaves the folder`);
+    let file = this.files.get(shard);
+    if (!file) {
+      const p = path.join(this.dir, shard);
+      if (!fs.existsSync(p)) throw new Error(`${this.dir}: shard ${shard} is missing`);
+      file = SafetensorsFile.open(p);
+      this.files.set(shard, file);
+    }
+    return file;
+  }
+
+  names(): string[] {
+    return [...this.where.keys()];
+  }
+
+  has(name: string): boolean {
+    return this.where.has(name);
+  }
+
+  shape(name: string): number[] | undefined {
+    return this.where.get(name)?.entries.get(name)?.shape;
+  }
+
+  read(name: string): HostTensor {
+    const file = this.where.get(name);
+    if (!file) throw new Error(`${this.dir}: no tensor ${JSON.stringify(name)}`);
+    return file.read(name);
+  }
+
+  close(): void {
+    this.files.forEach(f => f.close());
+  }
+}
+
+const EXPERT_WEIGHT = /^(model\.layers\.\d+\.mlp)\.(gate|up|down)_proj\.weight$/;
+
+/**
+ * The fused [E, out, in] data of expert weight `name` from whichever layout the checkpoint uses,
+ * with the names it consumed; undefined when the checkpoint has none of them.
+ */
+function fusedExperts(ckpt: HfCheckpoint, name: string, shape: number[]): {data: Float32Array; used: string[]} | undefined {
+  const match = EXPERT_WEIGHT.exec(name);
+  if (!match || shape.length !== 3) return undefined;
+  const [, mlp, proj] = match;
+  const [E, out, inFeatures] = shape;
+  const per = out * inFeatures;
+  const data = new Float32Array(E * per);
+  const gateUp = `${mlp}.experts.gate_up_proj`, down = `${mlp}.experts.down_proj`;
+  if (proj !== 'down' && ckpt.has(gateUp)) {  // Transformers 5: gate rows first, then up
+    const t = ckpt.read(gateUp);
+    expectShape(ckpt, gateUp, t.shape, [E, 2 * out, inFeatures]);
+    for (let e = 0; e < E; ++e) {
+      data.set(t.data.subarray((2 * e + (proj === 'up' ? 1 : 0)) * per, (2 * e + (proj === 'up' ? 2 : 1)) * per), e * per);
+    }
+    return {data, used: [gateUp]};
+  }
+  if (proj === 'down' && ckpt.has(down)) {
+    const t = ckpt.read(down);
+    expectShape(ckpt, down, t.shape, shape);
+    return {data: t.data as Float32Array, used: [down]};
+  }
+  const expert = (e: number) => `${mlp}.experts.${e}.${proj}_proj.weight`;
+  if (!ckpt.has(expert(0))) return undefined;
+  const used: string[] = [];
+  for (let e = 0; e < E; ++e) {  // Transformers 4 / the Hub: one matrix per expert, stacked here
+    const t = ckpt.read(expert(e));
+    expectShape(ckpt, expert(e), t.shape, [out, inFeatures]);
+    data.set(t.data, e * per);
+    used.push(expert(e));
+  }
+  return {data, used};
+}
+
+function expectShape(ckpt: HfCheckpoint, name: string, actual: number[], expected: number[]): void {
+  if (actual.length !== expected.length || actual.some((d, i) => d !== expected[i])) {
+    throw new Error(`${ckpt.dir}: ${name} has shape [${actual}], the model expects [${expected}]`);
+  }
+}
+
+/**
+ * Loads a checkpoint's tensors into the model's weights, one tensor at a time. Every weight must
+ * be found; tensors the model has no use for are returned (e.g. rotary buffers).
+ */
+export function loadHfCheckpoint(model: tfl.LayersModel, checkpoint: string | HfCheckpoint): {unused: string[]} {
+  const ckpt = typeof checkpoint === 'string' ? HfCheckpoint.open(checkpoint) : checkpoint;
+  try {
+    const used = new Set<string>();
+    for (const weight of model.weights) {
+      const name = hfName(weight);
+      let data: Float32Array | Int32Array;
+      if (ckpt.has(name)) {
+        const t = ckpt.read(name);
+        expectShape(ckpt, name, t.shape, weight.shape as number[]);
+        data = t.data;
+        used.add(name);
+      } else {
+        const fused = fusedExperts(ckpt, name, weight.shape as number[]);
+        if (!fused) throw new Error(`${ckpt.dir}: no tensor for ${name} [${weight.shape}]`);
+        data = fused.data;
+        fused.used.forEach(n => used.add(n));
+      }
+      weight.write(tf.tensor(data, weight.shape as number[], 'float32'));
+    }
+    return {unused: ckpt.names().filter(n => !used.has(n))};
+  } finally {
+    if (typeof checkpoint === 'string') ckpt.close();
+  }
+}
+
+export interface SaveOptions {
+  /** fused: experts as [E, out, in] (this package, the seed project); unfused: one matrix per expert (the Hub). */
+  layout?: 'fused' | 'unfused';
+  dtype?: 'F32' | 'BF16';
+  /** Largest shard in bytes (Transformers' default 5 GB); more than one shard writes an index. */
+  maxShardBytes?: number;
+}
+
+/**
+ * Writes the model's weights (not LoRA adapters) and config.json as a Hugging Face checkpoint.
+ * Every file is written atomically; shards are named model-0000i-of-0000n.safetensors.
+ */
+export function saveHfCheckpoint(model: tfl.LayersModel, hfConfig: Record<string, unknown>, dir: string,
+                                 options: SaveOptions = {}): void {
+  const {layout = 'fused', dtype = 'F32', maxShardBytes = 5e9} = options;
+  fs.mkdirSync(dir, {recursive: true});
+  const tensors: TensorToWrite[] = [];
+  for (const weight of model.weights) {
+    const name = hfName(weight);
+    if (name.includes('.lora_')) continue;
+    const shape = weight.shape as number[];
+    const values = () => weight.read().dataSync() as Float32Array;
+    if (layout === 'unfused' && EXPERT_WEIGHT.test(name)) {
+      const [E, out, inFeatures] = shape;
+      const mlp = name.replace(/\.(gate|up|down)_proj\.weight$/, ''), proj = /\.(gate|up|down)_proj\.weight$/.exec(name)![1];
+      for (let e = 0; e < E; ++e) {
+        tensors.push({name: `${mlp}.experts.${e}.${proj}_proj.weight`, dtype, shape: [out, inFeatures],
+                      data: () => values().subarray(e * out * inFeatures, (e + 1) * out * inFeatures)});
+      }
+    } else {
+      tensors.push({name, dtype, shape, data: values});
+    }
+  }
+  const bytesOf = (t: TensorToWrite) => t.shape.reduce((a, b) => a * b, 1) * (dtype === 'F32' ? 4 : 2);
+  const shards: TensorToWrite[][] = [[]];
+  let size = 0;
+  for (const t of tensors) {
+    if (size > 0 && size + bytesOf(t) > maxShardBytes) {
+      shards.push([]);
+      size = 0;
+    }
+    shards[shards.length - 1].push(t);
+    size += bytesOf(t);
+  }
+  const metadata = {format: 'pt'};
+  const write = (file: string, text: string) => writeAtomically(path.join(dir, file), fd => fs.writeSync(fd, text));
+  if (shards.length === 1) {
+    writeSafetensors(path.join(dir, SINGLE), shards[0], metadata);
+  } else {
+    const weightMap: Record<string, string> = {};
+    const pad = (i: number) => String(i).padStart(5, '0');
+    shards.forEach((shard, i) => {
+      const file = `model-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`;
+      writeSafetensors(path.join(dir, file), shard, metadata);
+      shard.forEach(t => weightMap[t.name] = file);
+    });
+    write(INDEX, JSON.stringify({metadata: {total_size: tensors.reduce((a, t) => a + bytesOf(t), 0)}, weight_map: weightMap}, null, 2));
+  }
+  write('config.json', JSON.stringify(hfConfig, null, 2));
+}

@@ -1,0 +1,77 @@
+/** Saving and loading models: Hugging Face checkpoints (both expert layouts) and tfjs's file://. */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+
+import * as tf from '@tensorflow/tfjs-core';
+import * as tfl from '@tensorflow/tfjs-layers';
+import '@tensorflow/tfjs-backend-cpu';  // no tfjs-node here: file:// must come from this package
+
+import {relativeError} from './helpers/reference';
+import {fromHfConfig} from '../models/qwen3_moe/config';
+import {buildQwen3MoeForCausalLM} from '../models/qwen3_moe/model';
+import {AdamW} from '../src';
+import {registerFileHandlers} from '../src/io/file_handler';
+import {HfCheckpoint, loadHfCheckpoint, saveHfCheckpoint, SaveOptions} from '../src/io/hf_checkpoint';
+import {loadHfWeights} from '../src/io/hf_weights';
+import {readSafetensors} from '../src/io/safetensors';
+import {compileCausalLm} from '../src/train/causal_lm';
+
+const FIXTURE = path.join(__dirname, 'fixtures', 'qwen3_moe', 'base');
+const hf = JSON.parse(fs.readFileSync(path.join(FIXTURE, 'config.json'), 'utf8'));
+const io = readSafetensors(path.join(FIXTURE, 'io.safetensors'));
+const ids = () => tf.tensor(io.get('input_ids')!.data, io.get('input_ids')!.shape, 'int32');
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'checkpoints-'));
+afterAll(() => fs.rmSync(dir, {recursive: true, force: true}));
+
+function fixtureModel(): tfl.LayersModel {
+  const model = buildQwen3MoeForCausalLM(fromHfConfig(hf));
+  loadHfWeights(model, readSafetensors(path.join(FIXTURE, 'weights.safetensors')));
+  return model;
+}
+
+beforeAll(() => tf.setBackend('cpu'));
+
+test.each<[string, SaveOptions, number]>([
+  ['fused, float32, one file', {layout: 'fused', dtype: 'F32'}, 1e-6],
+  ['unfused, bf16, sharded', {layout: 'unfused', dtype: 'BF16', maxShardBytes: 4000}, 2e-2],
+])('a checkpoint saved %s loads back into a fresh model', async (name, options, tolerance) => {
+  const model = fixtureModel();
+  const out = path.join(dir, name.replace(/\W+/g, '_'));
+  saveHfCheckpoint(model, hf, out, options);
+  if (options.maxShardBytes) {
+    const index = JSON.parse(fs.readFileSync(path.join(out, 'model.safetensors.index.json'), 'utf8'));
+    expect(new Set(Object.values(index.weight_map)).size).toBeGreaterThan(1);
+    expect(index.weight_map['model.layers.0.mlp.experts.10.down_proj.weight']).toBeDefined();
+  }
+  const fresh = buildQwen3MoeForCausalLM(fromHfConfig(JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'))));
+  expect(loadHfCheckpoint(fresh, out).unused).toEqual([]);
+  const [a, b] = [model, fresh].map(m => (m.predict(ids()) as tf.Tensor).dataSync());
+  expect(relativeError(b, a)).toBeLessThanOrEqual(tolerance);
+});
+
+test('loading reports what is missing or misshapen, naming the tensor', () => {
+  const out = path.join(dir, 'broken');
+  const model = fixtureModel();
+  saveHfCheckpoint(model, hf, out);
+  const bigger = buildQwen3MoeForCausalLM(fromHfConfig({...hf, vocab_size: 98}));
+  expect(() => loadHfCheckpoint(bigger, out)).toThrow(/model.embed_tokens.weight has shape \[97,16\], the model expects \[98,16\]/);
+  const deeper = buildQwen3MoeForCausalLM(fromHfConfig({...hf, num_hidden_layers: 3}));
+  expect(() => loadHfCheckpoint(deeper, out)).toThrow(/no tensor for model.layers.2.input_layernorm.weight/);
+  expect(() => HfCheckpoint.open(path.join(dir, 'nowhere'))).toThrow(/neither model.safetensors nor model.safetensors.index.json/);
+});
+
+test('file:// saves and loads a model with its optimizer without tfjs-node, atomically', async () => {
+  registerFileHandlers();
+  const model = fixtureModel();
+  compileCausalLm(model, new AdamW({learningRate: 1e-3}));
+  await model.fit(ids(), ids(), {epochs: 1, verbose: 0});
+  const target = path.join(dir, 'tfjs-model');
+  await model.save(`file://${target}`, {includeOptimizer: true});
+  expect(fs.readdirSync(target).sort()).toEqual(['model.json', 'weights.bin']);
+  const loaded = await tfl.loadLayersModel(`file://${target}/model.json`);
+  expect(loaded.optimizer).toBeInstanceOf(AdamW);
+  const [a, b] = [model, loaded].map(m => (m.predict(ids()) as tf.Tensor).dataSync());
+  expect(relativeError(b, a)).toBe(0);
+  await expect(tfl.loadLayersModel(`file://${dir}/none/model.json`)).rejects.toThrow(/no such model file/);
+});
