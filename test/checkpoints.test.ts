@@ -50,6 +50,28 @@ test.each<[string, SaveOptions, number]>([
   expect(relativeError(b, a)).toBeLessThanOrEqual(tolerance);
 });
 
+const HF = path.join(__dirname, 'fixtures', 'hf_checkpoints');
+
+// Checkpoints written by Transformers 5.24 and by hand in the layouts found in the wild
+// (scripts/hf_checkpoint_fixtures.py), with the logits Transformers computes from them.
+test.each([
+  ['unfused_bf16_sharded', 'Transformers 4 layout: per-expert matrices, BF16, 2 shards with an index'],
+  ['hf5_saved', "Transformers 5's save_pretrained: per-expert matrices, F32"],
+  ['hf5_fused_saved', 'Transformers 5 fused: experts.gate_up_proj [E, 2I, H], experts.down_proj'],
+  ['fused_f16', 'the seed layout: mlp.{gate,up,down}_proj.weight [E, out, in], F16, tied embeddings'],
+])('%s (%s) loads and gives Transformers\' logits', async dir => {
+  const folder = path.join(HF, dir);
+  const config = fromHfConfig(JSON.parse(fs.readFileSync(path.join(folder, 'config.json'), 'utf8')));
+  const model = buildQwen3MoeForCausalLM(config);
+  const {unused} = loadHfCheckpoint(model, folder);
+  expect(unused).toEqual([]);
+  const expected = readSafetensors(path.join(folder, 'expected.safetensors'));
+  const inputIds = tf.tensor(expected.get('input_ids')!.data, expected.get('input_ids')!.shape, 'int32');
+  const logits = (model.predict(inputIds) as tf.Tensor).dataSync();
+  expect(relativeError(logits, expected.get('logits')!.data)).toBeLessThanOrEqual(1e-5);
+  model.dispose();
+});
+
 test('loading reports what is missing or misshapen, naming the tensor', () => {
   const out = path.join(dir, 'broken');
   const model = fixtureModel();
