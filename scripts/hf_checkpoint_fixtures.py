@@ -698,6 +698,28 @@ def verify_adapter(root: Path, name: str):
             f"adapter moves logits by {moved:.2f}")
 
 
+# Adapters written by our savePeftAdapter (test/peft_adapter.test.ts writes them with TFJS_MOE_WRITE_EXPORTS=1,
+# together with our logits in ours.safetensors): peft must load them onto the Transformers model and give those.
+EXPORTS = ("export_fused", "export_per_expert", "export_fused_rslora")
+
+
+def verify_export(root: Path, name: str):
+    d = root / name
+    ours = load_file(str(d / "ours.safetensors"))["logits"]
+    base = load_base(root)
+    ids = load_expected(root / "hf5_saved")["input_ids"]
+    base_logits = forward(base, ids, name + " base")[0]
+    moved = float((ours - base_logits).abs().max())
+    check(moved > 1e-2, f"{name}: adapter barely changes the logits ({moved:.1e})")
+    pm = PeftModel.from_pretrained(base, str(d))
+    unmerged = forward(pm, ids, name + " unmerged")[0]
+    merged = forward(pm.merge_and_unload(), ids, name + " merged")[0]
+    err = [float((x - ours).norm() / ours.norm()) for x in (unmerged, merged)]
+    # per-expert gate/up under rsLoRA would be off by √2 here (peft's v4 conversion); none of ours is.
+    check(max(err) <= 1e-5, f"{name}: peft's logits differ from ours (relative {err})")
+    return f"peft unmerged / merged vs our logits: relative {err[0]:.1e} / {err[1]:.1e}; adapter moves logits by {moved:.2f}"
+
+
 def verify(root: Path) -> None:
     print("[unfused_bf16_sharded] verified:", verify_unfused_bf16(root))
     for name in ("hf5_saved", "hf5_fused_saved"):
@@ -705,6 +727,9 @@ def verify(root: Path) -> None:
     print("[fused_f16] verified:", verify_fused_f16(root))
     for name in ("peft_attention", "peft_experts", "peft_experts_v4"):
         print(f"[{name}] verified:", verify_adapter(root, name))
+    for name in EXPORTS:
+        if (root / name).exists():
+            print(f"[{name}] verified:", verify_export(root, name))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -793,7 +818,9 @@ def versions() -> dict:
 
 
 def all_files(root: Path) -> list[Path]:
-    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and p != root / "README.md")
+    """The files this script writes (the export_* folders come from our exporter)."""
+    return sorted(p.relative_to(root) for p in root.rglob("*")
+                  if p.is_file() and p != root / "README.md" and p.relative_to(root).parts[0] not in EXPORTS)
 
 
 def main():

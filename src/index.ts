@@ -30,7 +30,7 @@ export {DenseMlp} from './layers/mlp';
 export {SparseMoe} from './layers/sparse_moe';
 export {DecoderLayer} from './layers/decoder_layer';
 export {LoraOptions} from './layers/lora';
-export {applyLora, LoraConfig, mergeLora, unmergeLora} from './lora/apply_lora';
+export {applyLora, freezeAllBut, LoraConfig, mergeLora, unmergeLora} from './lora/apply_lora';
 export {fromHfConfig, isSparseLayer, Qwen3MoeConfig} from '../models/qwen3_moe/config';
 export {buildQwen3MoeForCausalLM, BuildOptions, sparseBlocks} from '../models/qwen3_moe/model';
 // Training.
@@ -44,3 +44,5 @@ export {HostTensor, readSafetensors, SafetensorsFile, TensorToWrite, writeSafete
 export {hfName, loadHfWeights} from './io/hf_weights';
 export {HfCheckpoint, loadHfCheckpoint, saveHfCheckpoint, SaveOptions} from './io/hf_checkpoint';
 export {registerFileHandlers} from './io/file_handler';
+export {loadPeftAdapter} from './lora/load_peft_adapter';
+export {savePeftAdapter, SavePeftOptions} from './lora/save_peft_adapter';

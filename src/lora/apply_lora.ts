@@ -53,11 +53,7 @@ export function applyLora(model: tfl.LayersModel, config: LoraConfig): LoraLinea
   if (adapted.length === 0) {
     throw new RangeError(`applyLora: no layer matches the targets ${JSON.stringify(config.targets)}`);
   }
-  for (const layer of layers) {
-    if (!isTarget(layer)) {
-      layer.trainable = false;
-      continue;
-    }
+  for (const layer of adapted) {
     layer.enableLora({
       r: pattern(layer.name, config.rankPattern, config.r),
       alpha: pattern(layer.name, config.alphaPattern, config.alpha),
@@ -65,7 +61,13 @@ export function applyLora(model: tfl.LayersModel, config: LoraConfig): LoraLinea
       dropout: config.dropout,
     });
   }
+  freezeAllBut(model, adapted);
   return adapted;
+}
+
+/** Freezes every leaf layer of the model except `keep` (whose base weights their adapters froze). */
+export function freezeAllBut(model: tfl.LayersModel, keep: tfl.layers.Layer[]): void {
+  for (const layer of leafLayers(model)) if (!keep.includes(layer)) layer.trainable = false;
 }
 
 /** Merges every adapter into its base weight (W ← W + scaling·B·A). */
