@@ -44,5 +44,6 @@ export {HostTensor, readSafetensors, SafetensorsFile, TensorToWrite, writeSafete
 export {hfName, loadHfWeights} from './io/hf_weights';
 export {HfCheckpoint, loadHfCheckpoint, saveHfCheckpoint, SaveOptions} from './io/hf_checkpoint';
 export {registerFileHandlers} from './io/file_handler';
+export {convertHfCheckpoint, ConvertOptions} from './io/convert_checkpoint';
 export {loadPeftAdapter} from './lora/load_peft_adapter';
 export {savePeftAdapter, SavePeftOptions} from './lora/save_peft_adapter';

@@ -12,6 +12,7 @@ import {fromHfConfig} from '../models/qwen3_moe/config';
 import {buildQwen3MoeForCausalLM} from '../models/qwen3_moe/model';
 import {AdamW} from '../src';
 import {registerFileHandlers} from '../src/io/file_handler';
+import {convertHfCheckpoint} from '../src/io/convert_checkpoint';
 import {HfCheckpoint, loadHfCheckpoint, saveHfCheckpoint, SaveOptions} from '../src/io/hf_checkpoint';
 import {loadHfWeights} from '../src/io/hf_weights';
 import {readSafetensors} from '../src/io/safetensors';
@@ -70,6 +71,33 @@ test.each([
   const logits = (model.predict(inputIds) as tf.Tensor).dataSync();
   expect(relativeError(logits, expected.get('logits')!.data)).toBeLessThanOrEqual(1e-5);
   model.dispose();
+});
+
+test.each(['unfused_bf16_sharded', 'hf5_saved', 'hf5_fused_saved', 'fused_f16'])(
+  '%s converts to either layout, streamed, and still gives Transformers\' logits', name => {
+  const folder = path.join(HF, name);
+  const expected = readSafetensors(path.join(folder, 'expected.safetensors'));
+  const inputIds = tf.tensor(expected.get('input_ids')!.data, expected.get('input_ids')!.shape, 'int32');
+  const source = HfCheckpoint.open(folder);
+  const storedDtypes = new Set(source.names().map(n => source.dtype(n)));
+  source.close();
+  for (const layout of ['fused', 'unfused'] as const) {
+    const out = path.join(dir, `converted-${name}-${layout}`);
+    convertHfCheckpoint(folder, out, {layout, maxShardBytes: 20000});
+    const ckpt = HfCheckpoint.open(out);
+    const names = ckpt.names();
+    expect(names.some(n => /experts\.\d+\.down_proj\.weight$/.test(n))).toBe(layout === 'unfused');
+    expect(names.some(n => /mlp\.down_proj\.weight$/.test(n))).toBe(layout === 'fused');
+    expect(new Set(names.map(n => ckpt.dtype(n)))).toEqual(storedDtypes);  // each tensor keeps its dtype
+    const model = buildQwen3MoeForCausalLM(fromHfConfig(JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'))));
+    expect(loadHfCheckpoint(model, ckpt).unused).toEqual([]);
+    ckpt.close();
+    const logits = (model.predict(inputIds) as tf.Tensor).dataSync();
+    expect(relativeError(logits, expected.get('logits')!.data)).toBeLessThanOrEqual(1e-5);
+    model.dispose();
+  }
+  expect(() => convertHfCheckpoint(folder, folder, {layout: 'fused'})).toThrow(/must differ from the input/);
+  expect(() => convertHfCheckpoint(folder, path.join(dir, 'x'), {layout: 'stacked' as 'fused'})).toThrow(/layout must be 'fused' or 'unfused'/);
 });
 
 test('loading reports what is missing or misshapen, naming the tensor', () => {

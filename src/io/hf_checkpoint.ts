@@ -15,7 +15,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 
 import {hfName} from './hf_weights';
-import {HostTensor, SafetensorsFile, TensorToWrite, writeAtomically, writeSafetensors} from './safetensors';
+import {HostTensor, SafetensorsDtype, SafetensorsFile, TensorToWrite, writeAtomically, writeSafetensors} from './safetensors';
 
 const INDEX = 'model.safetensors.index.json';
 const SINGLE = 'model.safetensors';
@@ -77,6 +77,11 @@ export class HfCheckpoint {
     return this.where.get(name)?.entries.get(name)?.shape;
   }
 
+  /** The stored dtype of a tensor. */
+  dtype(name: string): SafetensorsDtype | undefined {
+    return this.where.get(name)?.entries.get(name)?.dtype;
+  }
+
   read(name: string): HostTensor {
     const file = this.where.get(name);
     if (!file) throw new Error(`${this.dir}: no tensor ${JSON.stringify(name)}`);
@@ -88,13 +93,13 @@ export class HfCheckpoint {
   }
 }
 
-const EXPERT_WEIGHT = /^(model\.layers\.\d+\.mlp)\.(gate|up|down)_proj\.weight$/;
+export const EXPERT_WEIGHT = /^(model\.layers\.\d+\.mlp)\.(gate|up|down)_proj\.weight$/;
 
 /**
  * The fused [E, out, in] data of expert weight `name` from whichever layout the checkpoint uses,
  * with the names it consumed; undefined when the checkpoint has none of them.
  */
-function fusedExperts(ckpt: HfCheckpoint, name: string, shape: number[]): {data: Float32Array; used: string[]} | undefined {
+export function fusedExperts(ckpt: HfCheckpoint, name: string, shape: number[]): {data: Float32Array; used: string[]} | undefined {
   const match = EXPERT_WEIGHT.exec(name);
   if (!match || shape.length !== 3) return undefined;
   const [, mlp, proj] = match;
@@ -186,17 +191,38 @@ export function saveHfCheckpoint(model: tfl.LayersModel, hfConfig: Record<string
     const shape = weight.shape as number[];
     const values = () => weight.read().dataSync() as Float32Array;
     if (layout === 'unfused' && EXPERT_WEIGHT.test(name)) {
-      const [E, out, inFeatures] = shape;
-      const mlp = name.replace(/\.(gate|up|down)_proj\.weight$/, ''), proj = /\.(gate|up|down)_proj\.weight$/.exec(name)![1];
-      for (let e = 0; e < E; ++e) {
-        tensors.push({name: `${mlp}.experts.${e}.${proj}_proj.weight`, dtype, shape: [out, inFeatures],
-                      data: () => values().subarray(e * out * inFeatures, (e + 1) * out * inFeatures)});
-      }
+      tensors.push(...perExpertTensors(name, shape, dtype, values));
     } else {
       tensors.push({name, dtype, shape, data: values});
     }
   }
-  const bytesOf = (t: TensorToWrite) => t.shape.reduce((a, b) => a * b, 1) * (dtype === 'F32' ? 4 : 2);
+  writeShards(dir, tensors, maxShardBytes);
+  writeAtomically(path.join(dir, 'config.json'), fd => fs.writeSync(fd, JSON.stringify(hfConfig, null, 2)));
+}
+
+/** The per-expert tensors `<mlp>.experts.e.<proj>.weight` [out, in] of fused expert weight `name` [E, out, in]. */
+export function perExpertTensors(name: string, shape: number[], dtype: TensorToWrite['dtype'],
+                                 values: () => Float32Array): TensorToWrite[] {
+  const [E, out, inFeatures] = shape, per = out * inFeatures;
+  const [, mlp, proj] = EXPERT_WEIGHT.exec(name)!;
+  // The stack is produced once, when the first expert is written (in order), and dropped after the last.
+  let cached: Float32Array | undefined;
+  return Array.from({length: E}, (_, e) => ({
+    name: `${mlp}.experts.${e}.${proj}_proj.weight`, dtype, shape: [out, inFeatures],
+    data: () => {
+      const all = (cached ??= values());
+      if (e === E - 1) cached = undefined;
+      return all.subarray(e * per, (e + 1) * per);
+    },
+  }));
+}
+
+/**
+ * Writes tensors as model.safetensors, or as shards of at most maxShardBytes
+ * (model-0000i-of-0000n.safetensors) with model.safetensors.index.json, as Transformers does.
+ */
+export function writeShards(dir: string, tensors: TensorToWrite[], maxShardBytes: number): void {
+  const bytesOf = (t: TensorToWrite) => t.shape.reduce((a, b) => a * b, 1) * (t.dtype === 'F32' || t.dtype === 'I32' ? 4 : 2);
   const shards: TensorToWrite[][] = [[]];
   let size = 0;
   for (const t of tensors) {
@@ -208,18 +234,17 @@ export function saveHfCheckpoint(model: tfl.LayersModel, hfConfig: Record<string
     size += bytesOf(t);
   }
   const metadata = {format: 'pt'};
-  const write = (file: string, text: string) => writeAtomically(path.join(dir, file), fd => fs.writeSync(fd, text));
   if (shards.length === 1) {
     writeSafetensors(path.join(dir, SINGLE), shards[0], metadata);
-  } else {
-    const weightMap: Record<string, string> = {};
-    const pad = (i: number) => String(i).padStart(5, '0');
-    shards.forEach((shard, i) => {
-      const file = `model-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`;
-      writeSafetensors(path.join(dir, file), shard, metadata);
-      shard.forEach(t => weightMap[t.name] = file);
-    });
-    write(INDEX, JSON.stringify({metadata: {total_size: tensors.reduce((a, t) => a + bytesOf(t), 0)}, weight_map: weightMap}, null, 2));
+    return;
   }
-  write('config.json', JSON.stringify(hfConfig, null, 2));
+  const weightMap: Record<string, string> = {};
+  const pad = (i: number) => String(i).padStart(5, '0');
+  shards.forEach((shard, i) => {
+    const file = `model-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`;
+    writeSafetensors(path.join(dir, file), shard, metadata);
+    shard.forEach(t => weightMap[t.name] = file);
+  });
+  const index = {metadata: {total_size: tensors.reduce((a, t) => a + bytesOf(t), 0)}, weight_map: weightMap};
+  writeAtomically(path.join(dir, INDEX), fd => fs.writeSync(fd, JSON.stringify(index, null, 2)));
 }
