@@ -32,13 +32,24 @@ export {DecoderLayer} from './layers/decoder_layer';
 export {LoraOptions} from './layers/lora';
 export {applyLora, freezeAllBut, LoraConfig, mergeLora, unmergeLora} from './lora/apply_lora';
 export {fromHfConfig, isSparseLayer, Qwen3MoeConfig} from '../models/qwen3_moe/config';
-export {buildQwen3MoeForCausalLM, BuildOptions, sparseBlocks} from '../models/qwen3_moe/model';
+export {buildQwen3MoeForCausalLM, BuildOptions, causalLmParts, CausalLmParts, sparseBlocks} from '../models/qwen3_moe/model';
 // Training.
 export {causalLmLoss, IGNORE_INDEX} from './train/causal_lm_loss';
 export {routerAuxLoss} from './train/router_aux_loss';
 export {AdamW, AdamWConfig} from './train/adamw';
 export {compileCausalLm, setGradientCheckpointing} from './train/causal_lm';
 export {Progress, TrainingProgress} from './train/progress';
+// Tokenizer: tokenizer.json + tokenizer_config.json, chat templates rendered as Transformers renders them.
+export {loadTokenizer} from './tokenizer/load_tokenizer';
+export {DecodeOptions, EncodeOptions, HfTokenizer} from './tokenizer/tokenizer';
+export {ChatMessage, ChatTemplateOptions, ChatTemplates} from './tokenizer/chat_template';
+// Generation.
+export {generate, GenerateOptions, GenerateOutput} from './generation/generate';
+export {forwardCached} from './generation/cached_forward';
+export {CacheStep, KvCache} from './generation/kv_cache';
+export {checkSamplingOptions, SAMPLING_DEFAULTS, SamplingOptions, warpLogits} from './generation/logits_warpers';
+export {argmax, sampleIndex} from './generation/sampling';
+export {Rng} from './generation/rng';
 // Weights and checkpoints.
 export {HostTensor, readSafetensors, SafetensorsFile, TensorToWrite, writeSafetensors} from './io/safetensors';
 export {hfName, loadHfWeights} from './io/hf_weights';
@@ -47,3 +58,10 @@ export {registerFileHandlers} from './io/file_handler';
 export {convertHfCheckpoint, ConvertOptions} from './io/convert_checkpoint';
 export {loadPeftAdapter} from './lora/load_peft_adapter';
 export {savePeftAdapter, SavePeftOptions} from './lora/save_peft_adapter';
+// NF4 (bitsandbytes 4-bit) weights.
+export {NF4_CODE} from './quant/nf4_code';
+export {createDynamicMap} from './quant/dynamic_code';
+export {bytesToInt32Words, int32WordsToBytes} from './quant/int32_words';
+export {decodeNf4Absmax, dequantiseNf4, NF4_BLOCKSIZES, Nf4DoubleQuant, nf4GroupSizes, Nf4Tensor, quantiseNf4,
+        QuantiseNf4Options, stackNf4, validateNf4} from './quant/nf4';
+export {BnbQuantState, isBnb4bit, mapSource, parseBnbQuantState, readBnb4bit, readBnbExperts, TensorSource} from './io/bnb_4bit';

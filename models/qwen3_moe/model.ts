@@ -64,3 +64,23 @@ export function buildQwen3MoeForCausalLM(config: Qwen3MoeConfig, options: BuildO
 export function sparseBlocks(model: tfl.LayersModel): SparseMoe[] {
   return model.layers.flatMap(l => l instanceof DecoderLayer && l.mlp instanceof SparseMoe ? [l.mlp] : []);
 }
+
+/** The layers of a model from buildQwen3MoeForCausalLM, in the order the forward pass runs them. */
+export interface CausalLmParts {
+  embed: TokenEmbedding;
+  layers: DecoderLayer[];
+  norm: RMSNorm;
+  /** lm_head, or the embedding itself when the embeddings are tied. */
+  head: Linear | TokenEmbedding;
+}
+
+export function causalLmParts(model: tfl.LayersModel): CausalLmParts {
+  const named = (name: string) => model.layers.find(l => l.name === name);
+  const embed = named('model.embed_tokens'), norm = named('model.norm'), head = named('lm_head') ?? embed;
+  const layers = model.layers.filter((l): l is DecoderLayer => l instanceof DecoderLayer);
+  if (!(embed instanceof TokenEmbedding) || !(norm instanceof RMSNorm) || !(head instanceof Linear || head instanceof TokenEmbedding)
+      || layers.length === 0) {
+    throw new Error(`${model.name}: not a model of buildQwen3MoeForCausalLM (model.embed_tokens, decoder layers, model.norm)`);
+  }
+  return {embed, layers, norm, head};
+}

@@ -2,6 +2,7 @@
  * Qwen3 self-attention, as Transformers' eager implementation computes it:
  *   q = q_norm(x·Wqᵀ per head), k = k_norm(x·Wkᵀ per head), v = x·Wvᵀ   ([B, heads, S, head_dim])
  *   q, k ← RoPE(q), RoPE(k)           rotate-half convention, θ = ropeTheta, positions 0..S−1
+ *                                     (callCached: the step's positions; k, v ← cached ‖ new)
  *   k, v ← each KV head repeated heads/kvHeads times (grouped-query attention)
  *   p = softmax(q·kᵀ / √head_dim + mask),   mask = 0 where allowed, float32 min elsewhere
  *   out = o_proj(p·v)
@@ -34,6 +35,26 @@ export interface AttentionShape {
 export interface AttentionArgs extends LayerArgs, AttentionShape {
   /** LoRA adapters of the projections, by child name (q_proj, k_proj, v_proj, o_proj). */
   lora?: Record<string, LoraOptions>;
+}
+
+/** Keys (after RoPE) and values of the cached positions, per KV head: [B, kvHeads, T, head_dim] each. */
+export interface KeysValues {
+  keys: tf.Tensor;
+  values: tf.Tensor;
+}
+
+/** What every attention layer of a step shares: RoPE tables of the new positions and the mask. */
+export interface AttentionStep {
+  /** cos and sin of the new tokens' positions: [S, d] (shared by the batch) or [B, 1, S, d]. */
+  cos: tf.Tensor;
+  sin: tf.Tensor;
+  /** maskBias over all keys: [S, T + S] or [B, 1, S, T + S]. */
+  bias: tf.Tensor;
+}
+
+/** The attention output [B, S, H], and the keys and values of all positions (past ‖ new). */
+export interface AttentionOutput extends KeysValues {
+  out: tf.Tensor;
 }
 
 export class Qwen3Attention extends CompositeLayer {
@@ -74,22 +95,40 @@ export class Qwen3Attention extends CompositeLayer {
 
   override call(inputs: tf.Tensor | tf.Tensor[], kwargs: {training?: boolean}): tf.Tensor {
     const [x, attentionMask] = Array.isArray(inputs) ? inputs : [inputs];
-    const {numHeads, numKvHeads, headDim, ropeTheta} = this.args;
     return tf.tidy(() => {
-      const [B, S] = x.shape;
-      // [B, S, heads·d] → [B, heads, S, d]
-      const heads = (t: tf.Tensor, n: number) => tf.transpose(tf.reshape(t, [B, S, n, headDim]), [0, 2, 1, 3]);
-      const [cos, sin] = ropeTables(S, headDim, ropeTheta);
-      const rope = (t: tf.Tensor) => tf.add(tf.mul(t, cos), tf.mul(rotateHalf(t), sin));
-      const q = rope(heads(this.q_norm.call(tf.reshape(this.q_proj.call(x, kwargs), [B, S, numHeads, headDim])), numHeads));
-      const kHeads = this.k_norm.call(tf.reshape(this.k_proj.call(x, kwargs), [B, S, numKvHeads, headDim]));
-      const k = repeatKv(rope(heads(kHeads, numKvHeads)), numHeads / numKvHeads);
-      const v = repeatKv(heads(this.v_proj.call(x, kwargs), numKvHeads), numHeads / numKvHeads);
-      const scores = tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(headDim)), maskBias(S, attentionMask));
-      const out = tf.matMul(tf.softmax(scores), v);  // [B, heads, S, d]
-      const merged = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [B, S, numHeads * headDim]);
-      return this.o_proj.call(merged, kwargs);
+      const S = x.shape[1] as number;
+      const [cos, sin] = ropeTables(Array.from({length: S}, (_, p) => p), this.args.headDim, this.args.ropeTheta);
+      return this.attend(x, {cos, sin, bias: maskBias(S, 0, attentionMask)}, kwargs).out;
     });
+  }
+
+  /**
+   * Attention of S new tokens x [B, S, H] over the T cached ones and themselves: keys and values are
+   * past ‖ new along the sequence axis. Returns the output and the keys and values of all T + S
+   * positions, for the cache. No tidy here: the caller (a generation step) runs in one.
+   */
+  callCached(x: tf.Tensor, step: AttentionStep, past: KeysValues | undefined, kwargs: {training?: boolean}): AttentionOutput {
+    return this.attend(x, step, kwargs, past);
+  }
+
+  private attend(x: tf.Tensor, step: AttentionStep, kwargs: {training?: boolean}, past?: KeysValues): AttentionOutput {
+    const {numHeads, numKvHeads, headDim} = this.args;
+    const [B, S] = x.shape;
+    // [B, S, heads·d] → [B, heads, S, d]
+    const heads = (t: tf.Tensor, n: number) => tf.transpose(tf.reshape(t, [B, S, n, headDim]), [0, 2, 1, 3]);
+    const rope = (t: tf.Tensor) => tf.add(tf.mul(t, step.cos), tf.mul(rotateHalf(t), step.sin));
+    const q = rope(heads(this.q_norm.call(tf.reshape(this.q_proj.call(x, kwargs), [B, S, numHeads, headDim])), numHeads));
+    const kHeads = this.k_norm.call(tf.reshape(this.k_proj.call(x, kwargs), [B, S, numKvHeads, headDim]));
+    const kNew = rope(heads(kHeads, numKvHeads));
+    const vNew = heads(this.v_proj.call(x, kwargs), numKvHeads);
+    const keys = past ? tf.concat([past.keys, kNew], 2) : kNew;
+    const values = past ? tf.concat([past.values, vNew], 2) : vNew;
+    const k = repeatKv(keys, numHeads / numKvHeads);
+    const v = repeatKv(values, numHeads / numKvHeads);
+    const scores = tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(headDim)), step.bias);
+    const out = tf.matMul(tf.softmax(scores), v);  // [B, heads, S, d]
+    const merged = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [B, S, numHeads * headDim]);
+    return {out: this.o_proj.call(merged, kwargs), keys, values};
   }
 
   override getConfig(): tf.serialization.ConfigDict {
@@ -99,19 +138,22 @@ export class Qwen3Attention extends CompositeLayer {
 }
 tf.serialization.registerClass(Qwen3Attention);
 
-/** cos and sin [S, d] of RoPE: angle(p, i) = p / θ^(2i/d) for i < d/2, repeated for both halves. */
-function ropeTables(S: number, d: number, theta: number): [tf.Tensor2D, tf.Tensor2D] {
-  const half = d / 2;
-  const cos = new Float32Array(S * d), sin = new Float32Array(S * d);
+/**
+ * cos and sin [N, d] of RoPE at the given positions: angle(p, i) = p / θ^(2i/d) for i < d/2,
+ * repeated for both halves.
+ */
+export function ropeTables(positions: ArrayLike<number>, d: number, theta: number): [tf.Tensor2D, tf.Tensor2D] {
+  const half = d / 2, N = positions.length;
+  const cos = new Float32Array(N * d), sin = new Float32Array(N * d);
   for (let i = 0; i < half; ++i) {
     const invFreq = Math.fround(1 / Math.pow(theta, Math.fround((2 * i) / d)));  // as Transformers, in float32
-    for (let p = 0; p < S; ++p) {
-      const angle = Math.fround(p * invFreq);
-      cos[p * d + i] = cos[p * d + i + half] = Math.cos(angle);
-      sin[p * d + i] = sin[p * d + i + half] = Math.sin(angle);
+    for (let n = 0; n < N; ++n) {
+      const angle = Math.fround(positions[n] * invFreq);
+      cos[n * d + i] = cos[n * d + i + half] = Math.cos(angle);
+      sin[n * d + i] = sin[n * d + i + half] = Math.sin(angle);
     }
   }
-  return [tf.tensor2d(cos, [S, d]), tf.tensor2d(sin, [S, d])];
+  return [tf.tensor2d(cos, [N, d]), tf.tensor2d(sin, [N, d])];
 }
 
 /** rotate_half(x) = [−x₂, x₁] for the two halves x₁, x₂ of the last axis. */
@@ -127,9 +169,13 @@ function repeatKv(x: tf.Tensor, rep: number): tf.Tensor {
   return tf.reshape(tf.tile(tf.reshape(x, [B, kv, 1, S * d]), [1, 1, rep, 1]), [B, kv * rep, S, d]);
 }
 
-/** 0 where a query may attend a key, float32 min elsewhere: [S, S] or [B, 1, S, S]. */
-function maskBias(S: number, attentionMask?: tf.Tensor): tf.Tensor {
-  const causal = tf.linalg.bandPart(tf.ones([S, S]), -1, 0);  // 1 where key ≤ query
-  const allowed = attentionMask ? tf.mul(causal, tf.reshape(tf.cast(attentionMask, 'float32'), [-1, 1, 1, S])) : causal;
+/**
+ * The additive mask of S queries that follow T earlier positions, over all T + S keys: 0 where
+ * query i (position T + i) may attend key j, float32 min elsewhere. Allowed: j ≤ T + i (causal)
+ * and attentionMask [B, T + S] is 1 at j. Shape [S, T + S], or [B, 1, S, T + S] with a mask.
+ */
+export function maskBias(S: number, T: number, attentionMask?: tf.Tensor): tf.Tensor {
+  const causal = tf.cast(tf.lessEqual(tf.range(0, T + S), tf.reshape(tf.range(T, T + S), [S, 1])), 'float32');  // key ≤ query
+  const allowed = attentionMask ? tf.mul(causal, tf.reshape(tf.cast(attentionMask, 'float32'), [-1, 1, 1, T + S])) : causal;
   return tf.mul(tf.sub(1, allowed), MASKED);
 }

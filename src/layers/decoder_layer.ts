@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import type {LayerArgs} from '@tensorflow/tfjs-layers/dist/engine/topology';
 
-import {AttentionShape, Qwen3Attention} from './attention';
+import {AttentionOutput, AttentionShape, AttentionStep, KeysValues, Qwen3Attention} from './attention';
 import {asConfig, built, CompositeLayer} from './composite';
 import {LoraOptions} from './lora';
 import {DenseMlp, loraBelow, loraOf} from './mlp';
@@ -68,10 +68,24 @@ export class DecoderLayer extends CompositeLayer {
     const forward = (xt: tf.Tensor) => tf.tidy(() => {
       const normed = this.input_layernorm.call(xt);
       const h = tf.add(xt, this.self_attn.call(attentionMask ? [normed, attentionMask] : normed, kwargs));
-      const normedH = this.post_attention_layernorm.call(h);
-      return tf.add(h, this.mlp.call(attentionMask ? [normedH, attentionMask] : normedH, kwargs));
+      return this.mlpResidual(h, attentionMask, kwargs);
     });
     return this.args.checkpoint && kwargs.training ? this.checkpointed(forward, x) : forward(x);
+  }
+
+  /**
+   * The layer on S new tokens x [B, S, H] after cached keys and values (Qwen3Attention.callCached):
+   * returns the output and this layer's keys and values of all positions. Runs in the caller's tidy.
+   */
+  callCached(x: tf.Tensor, step: AttentionStep, past: KeysValues | undefined, kwargs: {training?: boolean}): AttentionOutput {
+    const attended = this.self_attn.callCached(this.input_layernorm.call(x), step, past, kwargs);
+    return {...attended, out: this.mlpResidual(tf.add(x, attended.out), undefined, kwargs)};
+  }
+
+  /** h + mlp(post_attention_layernorm(h)). */
+  private mlpResidual(h: tf.Tensor, attentionMask: tf.Tensor | undefined, kwargs: {training?: boolean}): tf.Tensor {
+    const normedH = this.post_attention_layernorm.call(h);
+    return tf.add(h, this.mlp.call(attentionMask ? [normedH, attentionMask] : normedH, kwargs));
   }
 
   /**
