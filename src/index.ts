@@ -57,7 +57,10 @@ export {HfCheckpoint, loadHfCheckpoint, saveHfCheckpoint, SaveOptions} from './i
 export {registerFileHandlers} from './io/file_handler';
 export {convertHfCheckpoint, ConvertOptions} from './io/convert_checkpoint';
 export {loadPeftAdapter} from './lora/load_peft_adapter';
-export {savePeftAdapter, SavePeftOptions} from './lora/save_peft_adapter';
+export {modelAdapters, savePeftAdapter, SavePeftOptions, writePeftAdapter} from './lora/save_peft_adapter';
+export {readPeftAdapter} from './lora/read_peft_adapter';
+export {convertPeftAdapter} from './lora/convert_peft_adapter';
+export {ModuleAdapter} from './lora/peft_format';
 // NF4 (bitsandbytes 4-bit) weights.
 export {NF4_CODE} from './quant/nf4_code';
 export {createDynamicMap} from './quant/dynamic_code';

@@ -21,6 +21,7 @@ import {applyLora, leafLayers, mergeLora} from '../src/lora/apply_lora';
 import {loadPeftAdapter} from '../src/lora/load_peft_adapter';
 import {LoraLinearBase} from '../src/layers/lora_linear_base';
 import {savePeftAdapter, SavePeftOptions} from '../src/lora/save_peft_adapter';
+import {convertPeftAdapter} from '../src/lora/convert_peft_adapter';
 
 const HF = path.join(__dirname, 'fixtures', 'hf_checkpoints');
 const BASE = path.join(HF, 'hf5_saved');
@@ -141,6 +142,25 @@ test.each(EXPORTS)('%s: our export is what peft was shown to load to our logits'
   for (const m of [model, again]) m.dispose();
 });
 
+test('convertPeftAdapter rewrites an adapter in the other expert layout without building the model', () => {
+  // per expert → fused: the same files as exporting from a model (export_fused, which peft loads to our logits)
+  const fused = path.join(tmp, 'converted-fused');
+  convertPeftAdapter(path.join(HF, 'peft_experts_v4'), fused, BASE, {expertLayout: 'fused'});
+  for (const file of ['adapter_model.safetensors', 'adapter_config.json']) {
+    expect(fs.readFileSync(path.join(fused, file)).equals(fs.readFileSync(path.join(HF, 'export_fused', file)))).toBe(true);
+  }
+  // peft's fused adapter → per expert: loads to peft's logits
+  const perExpert = path.join(tmp, 'converted-per-expert');
+  convertPeftAdapter(path.join(HF, 'peft_experts'), perExpert, BASE, {expertLayout: 'per-expert'});
+  expect(JSON.parse(fs.readFileSync(path.join(perExpert, 'adapter_config.json'), 'utf8')).target_parameters).toBeNull();
+  const model = baseModel();
+  loadPeftAdapter(model, perExpert);
+  const expected = readSafetensors(path.join(HF, 'peft_experts', 'expected.safetensors')).get('unmerged_logits')!.data;
+  expect(relativeError(logitsOf(model), expected)).toBeLessThanOrEqual(1e-5);
+  model.dispose();
+  expect(() => convertPeftAdapter(fused, fused, BASE, {})).toThrow(/must differ from the input/);
+});
+
 test('bad adapters give one clear error naming the file or tensor', () => {
   const bad = path.join(tmp, 'bad');
   fs.mkdirSync(bad, {recursive: true});
@@ -158,7 +178,7 @@ test('bad adapters give one clear error naming the file or tensor', () => {
   expect(() => loadPeftAdapter(baseModel(), bad)).toThrow(/model.layers.0.self_attn.q_proj has lora_B missing/);
   writeSafetensors(path.join(bad, 'adapter_model.safetensors'), [tensor('base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight', [2, 15]),
                                                                  tensor('base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight', [16, 2])]);
-  expect(() => loadPeftAdapter(baseModel(), bad)).toThrow(/lora_A of model.layers.0.self_attn.q_proj has 30 values, the layer expects \[2,16\]/);
+  expect(() => loadPeftAdapter(baseModel(), bad)).toThrow(/lora_A of model.layers.0.self_attn.q_proj is \[2,15\], the layer expects \[2,16\]/);
   writeSafetensors(path.join(bad, 'adapter_model.safetensors'), [tensor('base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight', [2, 16]),
                                                                  tensor('base_model.model.model.layers.9.self_attn.q_proj.lora_B.weight', [16, 2])]);
   expect(() => loadPeftAdapter(baseModel(), bad)).toThrow(/the model has no linear layer model.layers.9.self_attn.q_proj/);

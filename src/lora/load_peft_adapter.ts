@@ -1,138 +1,40 @@
-/** Loading a PEFT LoRA adapter (either expert layout, see peft_format.ts) onto a model of this package's layers. */
-import * as fs from 'fs';
-import * as path from 'path';
-
+/** Loading a PEFT LoRA adapter onto a model of this package's layers. */
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 
-import {HostTensor, readSafetensors} from '../io/safetensors';
-import {LoraOptions} from '../layers/lora';
 import {LoraLinearBase} from '../layers/lora_linear_base';
 import {MoeFusedLinearLayer} from '../layers/moe_fused_linear';
 import {freezeAllBut, leafLayers} from './apply_lora';
-import {AdapterConfig, expertsFromFused, patternValue} from './peft_format';
-
-/** An adapter for one of our layers, in our layout. */
-interface Adapter {
-  A: Float32Array;
-  B: Float32Array;
-  options: LoraOptions;
-}
-
-export function readAdapterConfig(dir: string): AdapterConfig {
-  const file = path.join(dir, 'adapter_config.json');
-  let config: AdapterConfig;
-  try {
-    config = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new Error(`${file}: ${(e as Error).message}`);
-  }
-  if (config.peft_type !== undefined && config.peft_type !== 'LORA') {
-    throw new Error(`${file}: peft_type ${config.peft_type} is not supported (LORA only)`);
-  }
-  if (!Number.isInteger(config.r) || !(config.lora_alpha > 0)) throw new Error(`${file}: r and lora_alpha must be given`);
-  if (config.use_dora) throw new Error(`${file}: DoRA adapters are not supported`);
-  if (typeof config.target_modules === 'string') {
-    throw new Error(`${file}: target_modules as a regular expression is not supported; list the modules`);
-  }
-  return config;
-}
+import {readPeftAdapter} from './read_peft_adapter';
 
 /**
  * Adds the adapter in `dir` to the model, as PEFT applies it (every other weight frozen).
  * Recompile a model afterwards to train the adapters.
  */
 export function loadPeftAdapter(model: tfl.LayersModel, dir: string): void {
-  const config = readAdapterConfig(dir);
-  const tensors = readSafetensors(path.join(dir, 'adapter_model.safetensors'));
   const layers = new Map(leafLayers(model).map(l => [l.name, l]));
-  const options = (key: string, r: number): LoraOptions => ({
-    r, alpha: patternValue(config.alpha_pattern, key, config.lora_alpha), useRslora: config.use_rslora ?? false,
+  const adapters = readPeftAdapter(dir, mlp => {
+    const gate = layers.get(`${mlp}.gate_proj`);
+    if (!(gate instanceof MoeFusedLinearLayer)) return undefined;
+    const [E, I, H] = gate.kernel.shape as number[];
+    return {E, I, H};
   });
-  // The router is a parameter target under Transformers 5: its pattern key is `<module>.weight`.
-  const parameterTargets = config.target_parameters ?? [];
-  const keyOf = (module: string) =>
-      parameterTargets.some(p => `${module}.weight`.endsWith(p)) ? `${module}.weight` : module;
-
-  const modules = new Map<string, {A?: HostTensor; B?: HostTensor}>();
-  for (const [name, t] of tensors) {
-    const m = /^(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight$/.exec(name);
-    if (!m) throw new Error(`${dir}: unexpected tensor ${name} in the adapter`);
-    if (t.dtype !== 'float32') throw new Error(`${dir}: ${name} is ${t.dtype}, expected a float tensor`);
-    if (t.shape.length !== 2) throw new Error(`${dir}: ${name} has shape [${t.shape}], expected a matrix`);
-    const entry = modules.get(m[1]) ?? {};
-    entry[m[2] as 'A' | 'B'] = t;
-    modules.set(m[1], entry);
-  }
-
-  const adapters = new Map<string, Adapter>();
-  const perExpert = new Map<string, {A: HostTensor[]; B: HostTensor[]}>();
-  for (const [module, {A, B}] of modules) {
-    if (!A || !B) throw new Error(`${dir}: ${module} has lora_${A ? 'B' : 'A'} missing`);
-    const expert = /^(.+\.mlp)\.experts\.(\d+)\.((?:gate|up|down)_proj)$/.exec(module);
-    const fused = /^(.+\.mlp)\.experts(?:\.base_layer)*$/.exec(module);
-    if (expert) {  // gathered, then stacked below
-      const group = perExpert.get(`${expert[1]}.${expert[3]}`) ?? {A: [], B: []};
-      group.A[Number(expert[2])] = A;
-      group.B[Number(expert[2])] = B;
-      perExpert.set(`${expert[1]}.${expert[3]}`, group);
-    } else if (fused) {
-      const mlp = fused[1];
-      const gate = layers.get(`${mlp}.gate_proj`);
-      if (!(gate instanceof MoeFusedLinearLayer)) throw new Error(`${dir}: the model has no experts at ${mlp}`);
-      const [E, I, H] = gate.kernel.shape as number[];
-      const rank = A.shape[0] / E;
-      if (!Number.isInteger(rank) || B.shape[1] !== A.shape[0]) {
-        throw new Error(`${dir}: ${module} has lora_A [${A.shape}] and lora_B [${B.shape}], expected [E·r, in] and [out, r·E] with E = ${E}`);
-      }
-      // Which parameter a wrapper adapts follows from the shapes: gate_up_proj [2I, H] or down_proj [H, I].
-      if (A.shape[1] === H && B.shape[0] === 2 * I) {
-        const o = options(`${mlp}.experts.gate_up_proj`, rank);
-        adapters.set(`${mlp}.gate_proj`, {...expertsFromFused(A, B, E, [0, I]), options: o});
-        adapters.set(`${mlp}.up_proj`, {...expertsFromFused(A, B, E, [I, 2 * I]), options: o});
-      } else if (A.shape[1] === I && B.shape[0] === H) {
-        adapters.set(`${mlp}.down_proj`, {...expertsFromFused(A, B, E, [0, H]), options: options(`${mlp}.experts.down_proj`, rank)});
-      } else {
-        throw new Error(`${dir}: ${module} [${B.shape[0]}, ${A.shape[1]}] fits neither gate_up_proj [${2 * I}, ${H}] nor down_proj [${H}, ${I}]`);
-      }
-    } else {
-      adapters.set(module, {A: float32(A), B: float32(B), options: options(keyOf(module), A.shape[0])});
-    }
-  }
-  for (const [key, {A, B}] of perExpert) {
-    const E = A.length;
-    if (A.filter(Boolean).length !== E || B.filter(Boolean).length !== E) throw new Error(`${dir}: ${key} lacks adapters for some experts`);
-    const r = A[0].shape[0];
-    if (A.some(a => a.shape[0] !== r)) throw new Error(`${dir}: the experts of ${key} have different ranks; stacked experts need one`);
-    const module = key.replace(/\.(\w+)$/, '.experts.0.$1');
-    adapters.set(key, {A: concat(A.map(float32)), B: concat(B.map(float32)), options: options(module, r)});
-  }
-
-  const adapted: LoraLinearBase[] = [];
-  for (const [module, {A, B, options: o}] of adapters) {
+  // Every adapter is checked before the model changes: W [..., out, in] takes A [..., r, in], B [..., out, r].
+  const targets = [...adapters].map(([module, adapter]) => {
     const layer = layers.get(module);
     if (!(layer instanceof LoraLinearBase)) throw new Error(`${dir}: the model has no linear layer ${module} for the adapter`);
-    layer.enableLora(o);
-    const adapter = layer.adapter!;
-    for (const [v, data, which] of [[adapter.A, A, 'A'], [adapter.B, B, 'B']] as const) {
-      if (data.length !== v.shape.reduce((a, b) => a! * b!, 1)) {
-        throw new Error(`${dir}: lora_${which} of ${module} has ${data.length} values, the layer expects [${v.shape}]`);
+    const w = layer.kernel.shape as number[], lead = w.slice(0, -2), [out, inFeatures] = w.slice(-2), r = adapter.options.r;
+    for (const [which, actual, expected] of [['A', adapter.shapeA, [...lead, r, inFeatures]], ['B', adapter.shapeB, [...lead, out, r]]] as const) {
+      if (actual.join() !== expected.join()) {
+        throw new Error(`${dir}: lora_${which} of ${module} is [${actual}], the layer expects [${expected}]`);
       }
-      v.write(tf.tensor(data, v.shape as number[], 'float32'));
     }
-    adapted.push(layer);
+    return {layer, adapter};
+  });
+  for (const {layer, adapter: {A, B, shapeA, shapeB, options}} of targets) {
+    layer.enableLora(options);
+    layer.adapter!.A.write(tf.tensor(A, shapeA, 'float32'));
+    layer.adapter!.B.write(tf.tensor(B, shapeB, 'float32'));
   }
-  freezeAllBut(model, adapted);
-}
-
-const float32 = (t: HostTensor) => t.data as Float32Array;  // float tensors are widened on read
-
-function concat(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  freezeAllBut(model, targets.map(t => t.layer));
 }

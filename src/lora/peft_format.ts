@@ -14,6 +14,7 @@
  * Ours: A [E, r, in], B [E, out, r] per projection, ΔW[e] = scaling · B[e]·A[e].
  */
 import {HostTensor} from '../io/safetensors';
+import {LoraOptions} from '../layers/lora';
 
 export const PREFIX = 'base_model.model.';
 
@@ -29,6 +30,21 @@ export interface AdapterConfig {
   lora_dropout?: number;
   use_dora?: boolean;
 }
+
+/**
+ * The adapter of one of our layers, in our layout: experts A [E, r, in], B [E, out, r]; any other
+ * linear layer A [r, in], B [out, r]. Keyed by our layer name (Transformers' module path).
+ */
+export interface ModuleAdapter {
+  A: Float32Array;
+  B: Float32Array;
+  shapeA: number[];
+  shapeB: number[];
+  options: LoraOptions;
+}
+
+/** Experts E, intermediate size I and hidden size H of the MoE block at `mlp`; undefined where there is none. */
+export type ExpertShapes = (mlp: string) => {E: number; I: number; H: number} | undefined;
 
 /** PEFT's pattern lookup: key p applies to module k when re.match(rf"(.*\.)?({p})$", k); the first wins. */
 export function patternValue(table: Record<string, number> | undefined, module: string, fallback: number): number {

@@ -10,9 +10,8 @@ import * as tfl from '@tensorflow/tfjs-layers';
 import {TensorToWrite, writeAtomically, writeSafetensors} from '../io/safetensors';
 import {LoraOptions} from '../layers/lora';
 import {LoraLinearBase} from '../layers/lora_linear_base';
-import {MoeFusedLinearLayer} from '../layers/moe_fused_linear';
 import {leafLayers} from './apply_lora';
-import {fusedB, PREFIX} from './peft_format';
+import {fusedB, ModuleAdapter, PREFIX} from './peft_format';
 
 export interface SavePeftOptions {
   /** base_model_name_or_path of adapter_config.json (the checkpoint folder or Hub id). */
@@ -38,35 +37,45 @@ interface Entry {
   options: LoraOptions;
 }
 
-type Adapter = {A: Float32Array; B: Float32Array; options: LoraOptions};
-
-function read(layer: LoraLinearBase): Adapter {
-  const {A, B} = layer.adapter!;
-  return {A: A.read().dataSync() as Float32Array, B: B.read().dataSync() as Float32Array, options: layer.lora!};
+/** The adapters of a model's layers, in our layout, by layer name. */
+export function modelAdapters(model: tfl.LayersModel): Map<string, ModuleAdapter> {
+  const adapters = new Map<string, ModuleAdapter>();
+  for (const layer of leafLayers(model)) {
+    if (!(layer instanceof LoraLinearBase) || !layer.adapter) continue;
+    const {A, B} = layer.adapter;
+    adapters.set(layer.name, {A: A.read().dataSync() as Float32Array, B: B.read().dataSync() as Float32Array,
+                              shapeA: A.shape as number[], shapeB: B.shape as number[], options: layer.lora!});
+  }
+  return adapters;
 }
 
+/** Writes the model's adapters as a PEFT adapter folder. */
 export function savePeftAdapter(model: tfl.LayersModel, dir: string, options: SavePeftOptions = {}): void {
+  const adapters = modelAdapters(model);
+  if (adapters.size === 0) throw new Error('savePeftAdapter: the model has no LoRA adapters');
+  writePeftAdapter(adapters, dir, options);
+}
+
+/** Writes adapters (ours, by layer name; experts are the 3-D ones) as a PEFT adapter folder. */
+export function writePeftAdapter(adapters: Map<string, ModuleAdapter>, dir: string, options: SavePeftOptions = {}): void {
   const layout = options.expertLayout ?? 'fused';
   if (layout !== 'fused' && layout !== 'per-expert') {
     throw new RangeError(`savePeftAdapter: expertLayout must be 'fused' or 'per-expert', got ${JSON.stringify(layout)}`);
   }
-  const layers = leafLayers(model).filter((l): l is LoraLinearBase => l instanceof LoraLinearBase && l.adapter !== undefined);
-  if (layers.length === 0) throw new Error('savePeftAdapter: the model has no LoRA adapters');
   const entries: Entry[] = [];
   const targetModules = new Set<string>(), targetParameters = new Set<string>();
-  const experts = new Map<string, Map<string, MoeFusedLinearLayer>>();  // mlp path → projection → layer
+  const experts = new Map<string, Map<string, ModuleAdapter>>();  // mlp path → projection → adapter
 
-  for (const layer of layers) {
-    const dot = layer.name.lastIndexOf('.');
-    const [parent, suffix] = [layer.name.slice(0, dot), layer.name.slice(dot + 1)];
-    if (layer instanceof MoeFusedLinearLayer) {
+  for (const [name, adapter] of adapters) {
+    const dot = name.lastIndexOf('.');
+    const [parent, suffix] = [name.slice(0, dot), name.slice(dot + 1)];
+    const {A, B, shapeA, shapeB, options: o} = adapter;
+    if (shapeA.length === 3) {
       if (layout === 'fused') {
-        experts.set(parent, (experts.get(parent) ?? new Map()).set(suffix, layer));
+        experts.set(parent, (experts.get(parent) ?? new Map()).set(suffix, adapter));
         continue;
       }
-      const {A, B, options: o} = read(layer);
-      const [E, r, inFeatures] = layer.adapter!.A.shape as number[];
-      const out = layer.units;
+      const [E, r, inFeatures] = shapeA, out = shapeB[1];
       for (let e = 0; e < E; ++e) {
         const module = `${parent}.experts.${e}.${suffix}`;
         entries.push({key: module, module, options: o, shapeA: [r, inFeatures], shapeB: [out, r],
@@ -75,14 +84,10 @@ export function savePeftAdapter(model: tfl.LayersModel, dir: string, options: Sa
       targetModules.add(suffix);
     } else if (layout === 'fused' && suffix === 'gate' && parent.endsWith('.mlp')) {
       // Transformers 5's router is a parameter (Qwen3MoeTopKRouter.weight), with the same tensor names.
-      const {A, B, options: o} = read(layer);
-      entries.push({key: `${layer.name}.weight`, module: layer.name, A, B, options: o,
-                    shapeA: layer.adapter!.A.shape as number[], shapeB: layer.adapter!.B.shape as number[]});
+      entries.push({key: `${name}.weight`, module: name, A, B, options: o, shapeA, shapeB});
       targetParameters.add('gate.weight');
     } else {
-      const {A, B, options: o} = read(layer);
-      entries.push({key: layer.name, module: layer.name, A, B, options: o,
-                    shapeA: layer.adapter!.A.shape as number[], shapeB: layer.adapter!.B.shape as number[]});
+      entries.push({key: name, module: name, A, B, options: o, shapeA, shapeB});
       targetModules.add(suffix);
     }
   }
@@ -123,19 +128,18 @@ export function savePeftAdapter(model: tfl.LayersModel, dir: string, options: Sa
  * A_e = [A_gate_e; A_up_e], B_e = blockdiag(B_gate_e, B_up_e) at rank 2r with alpha doubled
  * (√2·alpha with rsLoRA), which keeps the scaling. A projection without an adapter gets zeros.
  */
-function fusedExperts(mlp: string, projections: Map<string, MoeFusedLinearLayer>): Entry[] {
+function fusedExperts(mlp: string, projections: Map<string, ModuleAdapter>): Entry[] {
   const entries: Entry[] = [];
-  const gateLayer = projections.get('gate_proj'), upLayer = projections.get('up_proj');
-  const downLayer = projections.get('down_proj');
+  const gateAdapter = projections.get('gate_proj'), upAdapter = projections.get('up_proj');
+  const down = projections.get('down_proj');
   // gate_up_proj is wrapped first (innermost): `.base_layer` when down_proj is wrapped around it.
   const wrapper = (name: 'gate_up_proj' | 'down_proj') =>
-      name === 'gate_up_proj' && downLayer ? `${mlp}.experts.base_layer` : `${mlp}.experts`;
-  if (gateLayer || upLayer) {
-    const like = read((gateLayer ?? upLayer)!);
-    const zeros = (): Adapter => ({A: new Float32Array(like.A.length), B: new Float32Array(like.B.length), options: like.options});
-    const gate = gateLayer ? read(gateLayer) : zeros(), up = upLayer ? read(upLayer) : zeros();
-    const [E, r, H] = (gateLayer ?? upLayer)!.adapter!.A.shape as number[];
-    const I = (gateLayer ?? upLayer)!.units;
+      name === 'gate_up_proj' && down ? `${mlp}.experts.base_layer` : `${mlp}.experts`;
+  if (gateAdapter || upAdapter) {
+    const like = (gateAdapter ?? upAdapter)!;
+    const zeros = (): ModuleAdapter => ({...like, A: new Float32Array(like.A.length), B: new Float32Array(like.B.length)});
+    const gate = gateAdapter ?? zeros(), up = upAdapter ?? zeros();
+    const [E, r, H] = like.shapeA, I = like.shapeB[1];
     const o = gate.options, same = (p: keyof LoraOptions) => (gate.options[p] ?? 0) === (up.options[p] ?? 0);
     if (!same('r') || !same('alpha') || !same('useRslora')) {
       throw new Error(`savePeftAdapter: ${mlp}.gate_proj and up_proj have different LoRA settings; the fused layout ` +
@@ -161,10 +165,8 @@ function fusedExperts(mlp: string, projections: Map<string, MoeFusedLinearLayer>
     entries.push({key: `${mlp}.experts.gate_up_proj`, module: wrapper('gate_up_proj'), A, B: fusedB(B, E, 2 * I, rank),
                   shapeA: [E * rank, H], shapeB: [2 * I, rank * E], options: {...o, r: rank, alpha}});
   }
-  if (downLayer) {
-    const down = read(downLayer);
-    const [E, r, I] = downLayer.adapter!.A.shape as number[];
-    const H = downLayer.units;
+  if (down) {
+    const [E, r, I] = down.shapeA, H = down.shapeB[1];
     entries.push({key: `${mlp}.experts.down_proj`, module: wrapper('down_proj'), A: down.A, B: fusedB(down.B, E, H, r),
                   shapeA: [E * r, I], shapeB: [H, r * E], options: down.options});
   }

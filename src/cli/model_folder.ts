@@ -1,0 +1,87 @@
+/**
+ * A model folder as the CLI uses it: a Hugging Face checkpoint (config.json, model.safetensors or
+ * shards, any expert layout) with its tokenizer, or the embedded default (a tiny Qwen3-MoE with
+ * random weights, a small tokenizer and corpus in models/qwen3_moe/default).
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+
+import * as tfl from '@tensorflow/tfjs-layers';
+
+import {fromHfConfig, Qwen3MoeConfig} from '../../models/qwen3_moe/config';
+import {buildQwen3MoeForCausalLM} from '../../models/qwen3_moe/model';
+import {loadHfCheckpoint} from '../io/hf_checkpoint';
+import {loadPeftAdapter} from '../lora/load_peft_adapter';
+import {loadTokenizer} from '../tokenizer/load_tokenizer';
+import {HfTokenizer} from '../tokenizer/tokenizer';
+import {UsageError} from './errors';
+
+export interface ModelFolder {
+  model: tfl.LayersModel;
+  hfConfig: Record<string, unknown>;
+  config: Qwen3MoeConfig;
+  /** The folder's tokenizer (tokenizer.json + tokenizer_config.json), when it has one. */
+  tokenizer?: HfTokenizer;
+  /** The folder; for the embedded default, models/qwen3_moe/default. */
+  dir: string;
+  /** Whether the weights are the default's random ones (nothing was loaded). */
+  isDefault: boolean;
+}
+
+/** models/qwen3_moe/default, from src/cli (ts) or dist/src/cli (js). */
+export function defaultFolder(): string {
+  for (const up of ['../..', '../../..']) {
+    const dir = path.resolve(__dirname, up, 'models', 'qwen3_moe', 'default');
+    if (fs.existsSync(path.join(dir, 'config.json'))) return dir;
+  }
+  throw new Error('the embedded default model (models/qwen3_moe/default) is missing from this installation');
+}
+
+function readConfig(dir: string): Record<string, unknown> {
+  const file = path.join(dir, 'config.json');
+  if (!fs.existsSync(dir)) throw new UsageError(`${dir}: no such folder`);
+  if (!fs.existsSync(file)) throw new UsageError(`${dir}: no config.json (expected a Hugging Face model folder)`);
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new UsageError(`${file}: not valid JSON (${(e as Error).message})`);
+  }
+}
+
+/** Opens `dir` (undefined: the embedded default), with a PEFT adapter on top when given. */
+export function openModelFolder(dir: string | undefined, options: {adapter?: string} = {}): ModelFolder {
+  const isDefault = dir === undefined;
+  const folder = dir ?? defaultFolder();
+  const hfConfig = readConfig(folder);
+  let config: Qwen3MoeConfig;
+  try {
+    config = fromHfConfig(hfConfig);
+  } catch (e) {
+    throw new UsageError(`${path.join(folder, 'config.json')}: ${(e as Error).message}`);
+  }
+  const model = buildQwen3MoeForCausalLM(config);
+  if (!isDefault) loadHfCheckpoint(model, folder);
+  if (options.adapter) {
+    if (!fs.existsSync(path.join(options.adapter, 'adapter_config.json'))) {
+      throw new UsageError(`${options.adapter}: no adapter_config.json (expected a PEFT adapter folder)`);
+    }
+    loadPeftAdapter(model, options.adapter);
+  }
+  const tokenizer = fs.existsSync(path.join(folder, 'tokenizer.json')) ? loadTokenizer(folder) : undefined;
+  return {model, hfConfig, config, tokenizer, dir: folder, isDefault};
+}
+
+/** The folder's tokenizer, or an error saying why `what` needs one. */
+export function requireTokenizer(folder: ModelFolder, what: string): HfTokenizer {
+  if (!folder.tokenizer) throw new UsageError(`${folder.dir}: no tokenizer.json; ${what} needs the model's tokenizer`);
+  return folder.tokenizer;
+}
+
+/** Copies the tokenizer files of a model folder next to a saved model or adapter. */
+export function copyTokenizerFiles(from: string, to: string): void {
+  for (const file of fs.readdirSync(from)) {
+    if (/^(tokenizer.*\.json|special_tokens_map\.json|chat_template\.jinja|vocab\.json|merges\.txt|generation_config\.json)$/.test(file)) {
+      fs.copyFileSync(path.join(from, file), path.join(to, file));
+    }
+  }
+}
