@@ -50,6 +50,26 @@ test('F32 and I32 round-trip exactly; BF16 and F16 round to the nearest represen
   expect(Array.from(e.get('f16')!.data)).toEqual(Array.from(exact));
 });
 
+test('I64, U8 and BOOL round-trip through int32; values they cannot hold are errors', () => {
+  const ints = Int32Array.of(-(2 ** 31), -1, 0, 7, 2 ** 31 - 1), bytes = Int32Array.of(0, 1, 128, 255), flags = Int32Array.of(1, 0, 1);
+  writeSafetensors(file('ints.safetensors'), [
+    {name: 'i64', dtype: 'I64', shape: [5], data: () => ints},
+    {name: 'u8', dtype: 'U8', shape: [2, 2], data: () => bytes},
+    {name: 'bool', dtype: 'BOOL', shape: [3], data: () => flags},
+  ]);
+  const t = readSafetensors(file('ints.safetensors'));
+  expect(SafetensorsFile.open(file('ints.safetensors')).entries.get('i64')!.dtype).toBe('I64');
+  expect(Array.from(t.get('i64')!.data)).toEqual(Array.from(ints));
+  expect(Array.from(t.get('u8')!.data)).toEqual(Array.from(bytes));
+  expect(Array.from(t.get('bool')!.data)).toEqual(Array.from(flags));
+  const write = (dtype: 'U8' | 'BOOL' | 'I64', data: Int32Array | Float32Array) =>
+      writeSafetensors(file('bad-ints.safetensors'), [{name: 'x', dtype, shape: [data.length], data: () => data}]);
+  expect(() => write('U8', Int32Array.of(3, 256))).toThrow(/U8 value 256 at 1 is outside \[0, 255\]/);
+  expect(() => write('BOOL', Int32Array.of(2))).toThrow(/BOOL value 2 at 0 is outside \[0, 1\]/);
+  expect(() => write('I64', Float32Array.of(1.5))).toThrow(/I64 takes Int32Array data/);
+  expect(fs.existsSync(file('bad-ints.safetensors'))).toBe(false);
+});
+
 test('tensors are read one at a time from an open file', () => {
   writeSafetensors(file('lazy.safetensors'), [
     {name: 'a', dtype: 'F32', shape: [2], data: () => Float32Array.of(1, 2)},

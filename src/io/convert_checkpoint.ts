@@ -12,7 +12,7 @@ import {TensorToWrite, writeAtomically} from './safetensors';
 export interface ConvertOptions {
   /** fused: experts as [E, out, in] per projection; unfused: one matrix per expert (Transformers 4, the Hub). */
   layout: 'fused' | 'unfused';
-  /** Output dtype of floating tensors; by default each keeps its stored dtype (F32, BF16 or F16). */
+  /** Output dtype of floating tensors; by default each keeps its stored dtype (F64 becomes F32). */
   dtype?: 'F32' | 'BF16' | 'F16';
   maxShardBytes?: number;
 }
@@ -43,11 +43,10 @@ export function convertHfCheckpoint(from: string, to: string, options: ConvertOp
   try {
     const tensors: TensorToWrite[] = [];
     const done = new Set<string>();
+    // Integer tensors (e.g. bitsandbytes' packed U8 weights) keep their dtype; floats take options.dtype.
     const outDtype = (name: string): TensorToWrite['dtype'] => {
       const stored = ckpt.dtype(name)!;
-      if (stored === 'I32' || stored === 'I64' || stored === 'U8' || stored === 'BOOL') {
-        throw new Error(`convert: ${name} is ${stored}; only floating-point checkpoints are supported`);
-      }
+      if (stored === 'I32' || stored === 'I64' || stored === 'U8' || stored === 'BOOL') return stored;
       return options.dtype ?? (stored === 'F64' ? 'F32' : stored);
     };
     for (const name of ckpt.names()) {

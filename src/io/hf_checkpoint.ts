@@ -15,7 +15,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 
 import {hfName} from './hf_weights';
-import {HostTensor, SafetensorsDtype, SafetensorsFile, TensorToWrite, writeAtomically, writeSafetensors} from './safetensors';
+import {DTYPE_BYTES, HostTensor, SafetensorsDtype, SafetensorsFile, TensorToWrite, writeAtomically, writeSafetensors} from './safetensors';
 
 const INDEX = 'model.safetensors.index.json';
 const SINGLE = 'model.safetensors';
@@ -222,7 +222,7 @@ export function perExpertTensors(name: string, shape: number[], dtype: TensorToW
  * (model-0000i-of-0000n.safetensors) with model.safetensors.index.json, as Transformers does.
  */
 export function writeShards(dir: string, tensors: TensorToWrite[], maxShardBytes: number): void {
-  const bytesOf = (t: TensorToWrite) => t.shape.reduce((a, b) => a * b, 1) * (t.dtype === 'F32' || t.dtype === 'I32' ? 4 : 2);
+  const bytesOf = (t: TensorToWrite) => t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
   const shards: TensorToWrite[][] = [[]];
   let size = 0;
   for (const t of tensors) {

@@ -16,7 +16,7 @@ export interface HostTensor {
 }
 
 export type SafetensorsDtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'U8' | 'BOOL';
-const BYTES: Record<SafetensorsDtype, number> = {F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, U8: 1, BOOL: 1};
+export const DTYPE_BYTES: Record<SafetensorsDtype, number> = {F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, U8: 1, BOOL: 1};
 /** The largest header we accept (the format's own limit is 100 MB). */
 const MAX_HEADER_BYTES = 100_000_000;
 
@@ -79,7 +79,7 @@ export function parseHeader(json: string, dataLength: number, path: string): Map
     if (name === '__metadata__') continue;
     const where = `${path}: tensor ${JSON.stringify(name)}`;
     const {dtype, shape, data_offsets: offsets} = (value ?? {}) as {dtype: unknown; shape: unknown; data_offsets: unknown};
-    if (typeof dtype !== 'string' || !(dtype in BYTES)) throw new TypeError(`${where}: unknown dtype ${JSON.stringify(dtype)}`);
+    if (typeof dtype !== 'string' || !(dtype in DTYPE_BYTES)) throw new TypeError(`${where}: unknown dtype ${JSON.stringify(dtype)}`);
     if (!Array.isArray(shape) || !shape.every(d => Number.isSafeInteger(d) && d >= 0)) {
       throw new RangeError(`${where}: bad shape ${JSON.stringify(shape)}`);
     }
@@ -87,7 +87,7 @@ export function parseHeader(json: string, dataLength: number, path: string): Map
         offsets[0] > offsets[1] || offsets[1] > dataLength) {
       throw new RangeError(`${where}: data_offsets ${JSON.stringify(offsets)} outside the data (${dataLength} bytes)`);
     }
-    const expected = shape.reduce((a: number, b: number) => a * b, 1) * BYTES[dtype as SafetensorsDtype];
+    const expected = shape.reduce((a: number, b: number) => a * b, 1) * DTYPE_BYTES[dtype as SafetensorsDtype];
     if (offsets[1] - offsets[0] !== expected) {
       throw new RangeError(`${where}: ${offsets[1] - offsets[0]} bytes for shape [${shape}] of ${dtype} (expected ${expected})`);
     }
@@ -169,7 +169,8 @@ export function readSafetensors(path: string): Map<string, HostTensor> {
 /** A tensor to write: its data is asked for only when its turn comes. */
 export interface TensorToWrite {
   name: string;
-  dtype: 'F32' | 'BF16' | 'F16' | 'I32';
+  /** Integer dtypes take Int32Array data: I64 widens it, U8 needs 0..255, BOOL 0 or 1. */
+  dtype: 'F32' | 'BF16' | 'F16' | 'I32' | 'I64' | 'U8' | 'BOOL';
   shape: number[];
   data: () => Float32Array | Int32Array;
 }
@@ -198,10 +199,26 @@ function encode(t: TensorToWrite): Buffer {
   const data = t.data();
   const count = t.shape.reduce((a, b) => a * b, 1);
   if (data.length !== count) throw new RangeError(`tensor ${t.name}: ${data.length} values for shape [${t.shape}]`);
+  const integer = t.dtype === 'I32' || t.dtype === 'I64' || t.dtype === 'U8' || t.dtype === 'BOOL';
+  if (integer !== data instanceof Int32Array) {
+    throw new TypeError(`tensor ${t.name}: ${t.dtype} takes ${integer ? 'Int32Array' : 'Float32Array'} data`);
+  }
   switch (t.dtype) {
     case 'F32':
     case 'I32':
       return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    case 'I64': {
+      const out = Buffer.alloc(8 * count);
+      for (let i = 0; i < count; ++i) out.writeBigInt64LE(BigInt(data[i]), 8 * i);
+      return out;
+    }
+    case 'U8':
+    case 'BOOL': {
+      const max = t.dtype === 'U8' ? 255 : 1;
+      const bad = data.findIndex(v => v < 0 || v > max);
+      if (bad >= 0) throw new RangeError(`tensor ${t.name}: ${t.dtype} value ${data[bad]} at ${bad} is outside [0, ${max}]`);
+      return Buffer.from(Uint8Array.from(data));
+    }
     case 'BF16': {
       const bits = new Uint32Array(data.buffer, data.byteOffset, count), out = Buffer.alloc(2 * count);
       for (let i = 0; i < count; ++i) out.writeUInt16LE(floatToBf16(bits[i]), 2 * i);
@@ -224,7 +241,7 @@ export function writeSafetensors(path: string, tensors: TensorToWrite[], metadat
   let offset = 0;
   for (const t of tensors) {
     if (t.name in header) throw new Error(`${path}: tensor ${JSON.stringify(t.name)} appears twice`);
-    const bytes = t.shape.reduce((a, b) => a * b, 1) * BYTES[t.dtype];
+    const bytes = t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
     header[t.name] = {dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes]};
     offset += bytes;
   }
