@@ -52,6 +52,20 @@ test('train runs out of the box: the default model and corpus, a log per step, a
   expect(fs.existsSync(path.join(out, 'base', 'tokenizer.json'))).toBe(true);
 });
 
+test('train reads .jsonl: {"text"} lines and {"messages"} rendered by the chat template', async () => {
+  const data = path.join(tmp, 'data.jsonl');
+  const lines = [{text: 'The router picks two experts for every token. '.repeat(4)},
+                 {messages: [{role: 'user', content: 'What is LoRA?'}, {role: 'assistant', content: 'A low-rank update of a frozen weight.'}]}];
+  fs.writeFileSync(data, lines.map(l => JSON.stringify(l)).join('\n') + '\n\n');
+  expect((await run('train', '--data', data, '--steps', '1', '--seq-len', '16', '--batch', '1', '--out', path.join(tmp, 'jsonl'))).code).toBe(0);
+  fs.appendFileSync(data, '{"prompt": "no text field"}\n');
+  const bad = await run('train', '--data', data, '--steps', '1', '--seq-len', '16', '--out', path.join(tmp, 'jsonl'));
+  expect(bad.code).toBe(1);
+  expect(bad.err).toMatch(/data.jsonl:4: expected \{"text": string\} or \{"messages": \[...\]\}/);
+  const tooShort = await run('train', '--data', data.replace('.jsonl', '.txt'), '--steps', '1');
+  expect(tooShort.err).toMatch(/data.txt: no such file/);
+});
+
 test('--resume continues from a checkpoint exactly where an uninterrupted run would be', async () => {
   const base = path.join(tmp, 'default', 'base');  // fixed weights; --lora-r 0 adds no random adapter
   const args = ['--model', base, '--lora-r', '0', '--schedule', 'constant', '--warmup-steps', '0', '--lr', '1e-3', ...small];
