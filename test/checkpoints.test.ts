@@ -14,7 +14,7 @@ import {AdamW} from '../src';
 import {registerFileHandlers} from '../src/io/file_handler';
 import {convertHfCheckpoint} from '../src/io/convert_checkpoint';
 import {HfCheckpoint, loadHfCheckpoint, saveHfCheckpoint, SaveOptions} from '../src/io/hf_checkpoint';
-import {loadHfWeights} from '../src/io/hf_weights';
+import {hfName, loadHfWeights} from '../src/io/hf_weights';
 import {readSafetensors} from '../src/io/safetensors';
 import {compileCausalLm} from '../src/train/causal_lm';
 
@@ -98,6 +98,24 @@ test.each(['unfused_bf16_sharded', 'hf5_saved', 'hf5_fused_saved', 'fused_f16'])
   }
   expect(() => convertHfCheckpoint(folder, folder, {layout: 'fused'})).toThrow(/must differ from the input/);
   expect(() => convertHfCheckpoint(folder, path.join(dir, 'x'), {layout: 'stacked' as 'fused'})).toThrow(/layout must be 'fused' or 'unfused'/);
+});
+
+test('a bitsandbytes 4-bit checkpoint (Transformers 5, NF4 attention) loads with its weights dequantised as bitsandbytes does', () => {
+  const folder = path.join(__dirname, 'fixtures', 'nf4', 'hf5_bnb');
+  const model = buildQwen3MoeForCausalLM(fromHfConfig(JSON.parse(fs.readFileSync(path.join(folder, 'config.json'), 'utf8'))));
+  expect(loadHfCheckpoint(model, folder).unused).toEqual([]);
+  // The same model from the float checkpoint, with bitsandbytes' own dequantised attention weights.
+  const reference = buildQwen3MoeForCausalLM(fromHfConfig(JSON.parse(fs.readFileSync(path.join(HF, 'hf5_saved', 'config.json'), 'utf8'))));
+  loadHfCheckpoint(reference, path.join(HF, 'hf5_saved'));
+  const dequantised = readSafetensors(path.join(folder, 'expected.safetensors'));
+  expect(dequantised.size).toBe(8);
+  for (const weight of reference.weights) {
+    const t = dequantised.get(hfName(weight));
+    if (t) weight.write(tf.tensor(t.data, t.shape));
+  }
+  const ids = tf.tensor2d([[1, 5, 9, 2, 77, 3]], undefined, 'int32');
+  const [a, b] = [model, reference].map(m => (m.predict(ids) as tf.Tensor).dataSync());
+  expect(relativeError(a, b)).toBe(0);
 });
 
 test('loading reports what is missing or misshapen, naming the tensor', () => {

@@ -89,6 +89,12 @@ export function parseBnbQuantState(bytes: Uint8Array, where = 'quant_state'): Bn
   return state as unknown as BnbQuantState;
 }
 
+/** The tensors that make up 4-bit weight `name` in `source`: the packed bytes and its quant state. */
+export function bnbTensorNames(source: TensorSource, name: string): string[] {
+  const parts = ['absmax', 'quant_map', 'nested_absmax', 'nested_quant_map', 'quant_state.bitsandbytes__nf4'];
+  return [name, ...parts.map(p => `${name}.${p}`).filter(n => source.has(n))];
+}
+
 /** Whether `name` is a bitsandbytes 4-bit weight in `source` (any quant type). */
 export function isBnb4bit(source: TensorSource, name: string): boolean {
   return source.has(`${name}${STATE}nf4`) || source.has(`${name}${STATE}fp4`);

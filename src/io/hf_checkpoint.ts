@@ -7,6 +7,7 @@
  *   Transformers 5                          model.layers.L.mlp.experts.gate_up_proj [E, 2·I, H]
  *                                           model.layers.L.mlp.experts.down_proj    [E, H, I]
  *   unfused (Transformers 4, the Hub)       model.layers.L.mlp.experts.e.{gate,up,down}_proj.weight [out, in]
+ * bitsandbytes 4-bit weights (NF4, any of these names) are dequantised to float32 on load.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -14,6 +15,8 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 
+import {dequantiseNf4} from '../quant/nf4';
+import {bnbTensorNames, isBnb4bit, readBnb4bit} from './bnb_4bit';
 import {hfName} from './hf_weights';
 import {DTYPE_BYTES, HostTensor, SafetensorsDtype, SafetensorsFile, TensorToWrite, writeAtomically, writeSafetensors} from './safetensors';
 
@@ -93,6 +96,16 @@ export class HfCheckpoint {
   }
 }
 
+/**
+ * Tensor `name` as float32 (int32 stays int32): stored floats widened, or a bitsandbytes 4-bit
+ * weight dequantised as bitsandbytes does; with the checkpoint tensors it consumed.
+ */
+function readTensor(ckpt: HfCheckpoint, name: string): {t: HostTensor; used: string[]} {
+  if (!isBnb4bit(ckpt, name)) return {t: ckpt.read(name), used: [name]};
+  const q = readBnb4bit(ckpt, name);
+  return {t: {dtype: 'float32', shape: q.shape, data: dequantiseNf4(q)}, used: bnbTensorNames(ckpt, name)};
+}
+
 export const EXPERT_WEIGHT = /^(model\.layers\.\d+\.mlp)\.(gate|up|down)_proj\.weight$/;
 
 /**
@@ -108,26 +121,26 @@ export function fusedExperts(ckpt: HfCheckpoint, name: string, shape: number[]):
   const data = new Float32Array(E * per);
   const gateUp = `${mlp}.experts.gate_up_proj`, down = `${mlp}.experts.down_proj`;
   if (proj !== 'down' && ckpt.has(gateUp)) {  // Transformers 5: gate rows first, then up
-    const t = ckpt.read(gateUp);
+    const {t, used} = readTensor(ckpt, gateUp);
     expectShape(ckpt, gateUp, t.shape, [E, 2 * out, inFeatures]);
     for (let e = 0; e < E; ++e) {
       data.set(t.data.subarray((2 * e + (proj === 'up' ? 1 : 0)) * per, (2 * e + (proj === 'up' ? 2 : 1)) * per), e * per);
     }
-    return {data, used: [gateUp]};
+    return {data, used};
   }
   if (proj === 'down' && ckpt.has(down)) {
-    const t = ckpt.read(down);
+    const {t, used} = readTensor(ckpt, down);
     expectShape(ckpt, down, t.shape, shape);
-    return {data: t.data as Float32Array, used: [down]};
+    return {data: t.data as Float32Array, used};
   }
   const expert = (e: number) => `${mlp}.experts.${e}.${proj}_proj.weight`;
   if (!ckpt.has(expert(0))) return undefined;
   const used: string[] = [];
   for (let e = 0; e < E; ++e) {  // Transformers 4 / the Hub: one matrix per expert, stacked here
-    const t = ckpt.read(expert(e));
+    const {t, used: parts} = readTensor(ckpt, expert(e));
     expectShape(ckpt, expert(e), t.shape, [out, inFeatures]);
     data.set(t.data, e * per);
-    used.push(expert(e));
+    used.push(...parts);
   }
   return {data, used};
 }
@@ -150,10 +163,10 @@ export function loadHfCheckpoint(model: tfl.LayersModel, checkpoint: string | Hf
       const name = hfName(weight);
       let data: Float32Array | Int32Array;
       if (ckpt.has(name)) {
-        const t = ckpt.read(name);
+        const {t, used: parts} = readTensor(ckpt, name);
         expectShape(ckpt, name, t.shape, weight.shape as number[]);
         data = t.data;
-        used.add(name);
+        parts.forEach(n => used.add(n));
       } else {
         const fused = fusedExperts(ckpt, name, weight.shape as number[]);
         if (!fused) throw new Error(`${ckpt.dir}: no tensor for ${name} [${weight.shape}]`);
