@@ -9,6 +9,9 @@
 
 #include "moe_fused_linear.h"
 #include "napi_args.h"
+#include "nf4_linear.h"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "NF4 bytes are read from int32 words in memory order");
 
 namespace {
 
@@ -83,6 +86,25 @@ void MoeFusedLinearGradWeight(const Napi::CallbackInfo& info) {
                                     args.N, args.E);
 }
 
+// moeNf4Linear(x, packed, absmax, groupSizes, y, M, N, K, E, blocksize, transposeWeight): y = x · W[g]ᵀ
+// with x [M, K], y [M, N] (or y = x · W[g] with x [M, N], y [M, K]), W NF4 [E, N, K] (nf4_linear.h).
+void MoeNf4Linear(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Napi::Float32Array x = floats(info, 0, "x"), absmax = floats(info, 2, "absmax"), y = floats(info, 4, "output");
+  Napi::Int32Array packed = ints(info, 1, "packed"), g = ints(info, 3, "groupSizes");
+  const int64_t M = dim(info, 5, "M"), N = dim(info, 6, "N"), K = dim(info, 7, "K"), E = dim(info, 8, "E");
+  const int64_t blocksize = dim(info, 9, "blocksize");
+  const bool transpose = info[10].ToBoolean();
+  const std::string error = moe::check_nf4_weight(packed.ElementLength(), absmax.ElementLength(), E, N, K, blocksize);
+  if (!error.empty()) throw Napi::RangeError::New(env, error);
+  expect_length(env, x, product(M, transpose ? N : K), "x");
+  expect_length(env, y, product(M, transpose ? K : N), "output");
+  check_groups(env, g, E, M);
+  prefer_huge_pages(y.Data(), y.ByteLength());
+  moe::moe_nf4_linear(x.Data(), reinterpret_cast<const uint8_t*>(packed.Data()), absmax.Data(), g.Data(), y.Data(),
+                      M, N, K, E, blocksize, transpose);
+}
+
 Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   int64_t n = dim(info, 0, "numThreads");
   if (n < 1 || n > 1024) throw Napi::RangeError::New(info.Env(), "numThreads must be in [1, 1024]");
@@ -105,6 +127,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("version", Napi::String::New(env, MOE_PACKAGE_VERSION));
   exports.Set("moeFusedLinear", Napi::Function::New(env, MoeFusedLinear));
   exports.Set("moeFusedLinearGradWeight", Napi::Function::New(env, MoeFusedLinearGradWeight));
+  exports.Set("moeNf4Linear", Napi::Function::New(env, MoeNf4Linear));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   exports.Set("numThreads", Napi::Function::New(env, NumThreads));
   exports.Set("isa", Napi::Function::New(env, Isa));

@@ -67,4 +67,6 @@ export {createDynamicMap} from './quant/dynamic_code';
 export {bytesToInt32Words, int32WordsToBytes} from './quant/int32_words';
 export {decodeNf4Absmax, dequantiseNf4, NF4_BLOCKSIZES, Nf4DoubleQuant, nf4GroupSizes, Nf4Tensor, quantiseNf4,
         QuantiseNf4Options, stackNf4, validateNf4} from './quant/nf4';
-export {BnbQuantState, isBnb4bit, mapSource, parseBnbQuantState, readBnb4bit, readBnbExperts, TensorSource} from './io/bnb_4bit';
+export {moeFusedLinearNf4, Nf4Weights, nf4Weights} from './ops/moe_fused_linear_nf4';
+export {MoeFusedLinearNf4Layer, MoeFusedLinearNf4LayerArgs} from './layers/moe_fused_linear_nf4';
+export {BnbQuantState, bnbTensorNames, isBnb4bit, mapSource, parseBnbQuantState, readBnb4bit, readBnbExperts, TensorSource} from './io/bnb_4bit';

@@ -32,3 +32,19 @@ export type MoeScatterAddRowsInputs = {dy: TensorInfo; index: TensorInfo};
 export interface MoeScatterAddRowsAttrs extends NamedAttrMap {
   numRows: number;
 }
+
+/**
+ * MoeFusedLinear with NF4 weights W [E, N, K] (nn.Linear's layout per expert, src/quant/nf4.ts),
+ * decoded inside the kernel: y = x · W[g]ᵀ (x [M, K] → [M, N]), or y = x · W[g] when
+ * transposeWeight (x [M, N] → [M, K], how dX = dY · W runs). `packed` holds the experts' bytes as
+ * int32 words [ceil(E·S/4)] (S = ceil(N·K/2) bytes per expert, src/quant/int32_words.ts), `absmax`
+ * the float32 scale of every block [E·B] (B = ceil(N·K/blocksize)); E = groupSizes.shape[0].
+ */
+export const MoeFusedLinearNf4 = 'MoeFusedLinearNf4';
+export type MoeFusedLinearNf4Inputs = {x: TensorInfo; packed: TensorInfo; absmax: TensorInfo; groupSizes: TensorInfo};
+export interface MoeFusedLinearNf4Attrs extends NamedAttrMap {
+  N: number;
+  K: number;
+  blocksize: number;
+  transposeWeight: boolean;
+}

@@ -1,5 +1,5 @@
 // TensorFlow ops for tfjs-node's `tensorflow` backend. Loading this addon registers the ops
-// MoeFusedLinear and MoeFusedLinearGradWeight with a CPU kernel in the registries of the
+// MoeFusedLinear, MoeFusedLinearGradWeight and MoeFusedLinearNf4 with a CPU kernel in the registries of the
 // libtensorflow that tfjs-node uses: the addon links the same two libraries as tfjs-node's
 // binding (libtensorflow_framework.so.2 has the op and kernel C API, libtensorflow.so.2 the
 // rest), and the dynamic loader shares them by soname, whichever of the two loads first.
@@ -11,9 +11,11 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "moe_fused_linear.h"
+#include "nf4_linear.h"
 #ifdef MOE_WITH_CUDA
 #include "moe_cuda.h"
 #endif
@@ -24,6 +26,9 @@ namespace {
 
 constexpr char kLinear[] = "MoeFusedLinear";
 constexpr char kGradWeight[] = "MoeFusedLinearGradWeight";
+constexpr char kNf4[] = "MoeFusedLinearNf4";
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "NF4 bytes are read from int32 words in memory order");
 
 using Status = std::unique_ptr<TF_Status, decltype(&TF_DeleteStatus)>;
 using Tensor = std::unique_ptr<TF_Tensor, decltype(&TF_DeleteTensor)>;
@@ -161,6 +166,51 @@ void grad_weight_compute(void*, TF_OpKernelContext* ctx) {
   moe::moe_fused_linear_grad_weight(floats(x), floats(dy), groups(g), data(dw), d.M, d.K, d.N, d.E);
 }
 
+// MoeFusedLinearNf4's attrs: the weight's [N, K], its blocksize and the direction.
+struct Nf4Kernel {
+  int64_t n = 0, k = 0, blocksize = 0;
+  bool transpose_weight = false;
+};
+
+void* nf4_create(TF_OpKernelConstruction* ctx) {
+  auto* kernel = new Nf4Kernel;
+  TF_Bool transpose = 0;
+  Status s = new_status();
+  const std::pair<const char*, int64_t*> ints[] = {{"n", &kernel->n}, {"k", &kernel->k}, {"blocksize", &kernel->blocksize}};
+  for (auto [name, value] : ints)
+    if (TF_GetCode(s.get()) == TF_OK) TF_OpKernelConstruction_GetAttrInt64(ctx, name, value, s.get());
+  if (TF_GetCode(s.get()) == TF_OK) TF_OpKernelConstruction_GetAttrBool(ctx, "transpose_weight", &transpose, s.get());
+  if (TF_GetCode(s.get()) != TF_OK) TF_OpKernelConstruction_Failure(ctx, s.get());
+  kernel->transpose_weight = transpose != 0;
+  return kernel;
+}
+
+void nf4_delete(void* kernel) { delete static_cast<Nf4Kernel*>(kernel); }
+
+// y = x · W[g]ᵀ, x [M, K] → [M, N] (or x · W[g], x [M, N] → [M, K]); W NF4 [E, N, K] in
+// packed int32 words [ceil(E·N·K/8)] and absmax [E·B] (nf4_linear.h).
+void nf4_compute(void* kernel, TF_OpKernelContext* ctx) {
+  const Nf4Kernel& a = *static_cast<Nf4Kernel*>(kernel);
+  Tensor x = input(ctx, 0), packed = input(ctx, 1), absmax = input(ctx, 2), g = input(ctx, 3);
+  if (!x || !packed || !absmax || !g) return;
+  const int64_t in = a.transpose_weight ? a.n : a.k, out = a.transpose_weight ? a.k : a.n;
+  const std::string with_in = " with " + std::string(a.transpose_weight ? "N = " : "K = ") + std::to_string(in);
+  if (!check_shape(ctx, x.get(), "x", "[M, in]", {-1, in}, with_in) ||
+      !check_shape(ctx, packed.get(), "packed", "[words]", {-1}) ||
+      !check_shape(ctx, absmax.get(), "absmax", "[E·blocks]", {-1}) ||
+      !check_shape(ctx, g.get(), "groupSizes", "[E]", {-1}))
+    return;
+  const int64_t M = TF_Dim(x.get(), 0), E = TF_Dim(g.get(), 0);
+  const std::string error = moe::check_nf4_weight(TF_Dim(packed.get(), 0), TF_Dim(absmax.get(), 0), E, a.n, a.k,
+                                                  a.blocksize);
+  if (!error.empty()) return fail(ctx, error);
+  if (!check_groups(ctx, g.get(), E, M)) return;
+  Tensor y = output(ctx, {M, out});
+  if (!y) return;
+  moe::moe_nf4_linear(floats(x), static_cast<const uint8_t*>(TF_TensorData(packed.get())), floats(absmax), groups(g),
+                      data(y), M, a.n, a.k, E, a.blocksize, a.transpose_weight);
+}
+
 #ifdef MOE_WITH_CUDA
 // tfjs-node-gpu: the same ops on the GPU, through the launchers the CUDA tests exercise, in
 // TensorFlow's default GPU precision (TF32). TF's C kernel API gives no access to its CUDA
@@ -261,15 +311,30 @@ std::string register_ops() {
   if (auto error = failed(std::string("op ") + kGradWeight); !error.empty()) return error;
   TF_RegisterKernelBuilder(
       kGradWeight, TF_NewKernelBuilder(kGradWeight, "CPU", nullptr, grad_weight_compute, nullptr), s.get());
-#ifdef MOE_WITH_CUDA
   if (auto error = failed(std::string("the CPU kernel of ") + kGradWeight); !error.empty()) return error;
+#ifdef MOE_WITH_CUDA
   gpu = TF_NewKernelBuilder(kGradWeight, "GPU", nullptr, grad_weight_compute_gpu, nullptr);
   TF_KernelBuilder_HostMemory(gpu, "group_sizes");
   TF_RegisterKernelBuilder(kGradWeight, gpu, s.get());
-  return failed(std::string("the GPU kernel of ") + kGradWeight);
-#else
-  return failed(std::string("the CPU kernel of ") + kGradWeight);
+  if (auto error = failed(std::string("the GPU kernel of ") + kGradWeight); !error.empty()) return error;
 #endif
+
+  // CPU only: on tfjs-node-gpu TensorFlow places it on the CPU.
+  op = TF_NewOpDefinitionBuilder(kNf4);
+  TF_OpDefinitionBuilderAddInput(op, "x: float");
+  TF_OpDefinitionBuilderAddInput(op, "packed: int32");
+  TF_OpDefinitionBuilderAddInput(op, "absmax: float");
+  TF_OpDefinitionBuilderAddInput(op, "group_sizes: int32");
+  TF_OpDefinitionBuilderAddAttr(op, "n: int");
+  TF_OpDefinitionBuilderAddAttr(op, "k: int");
+  TF_OpDefinitionBuilderAddAttr(op, "blocksize: int");
+  TF_OpDefinitionBuilderAddAttr(op, "transpose_weight: bool = false");
+  TF_OpDefinitionBuilderAddOutput(op, "y: float");
+  TF_OpDefinitionBuilderSetShapeInferenceFunction(op, unknown_shape);
+  TF_RegisterOpDefinition(op, s.get());
+  if (auto error = failed(std::string("op ") + kNf4); !error.empty()) return error;
+  TF_RegisterKernelBuilder(kNf4, TF_NewKernelBuilder(kNf4, "CPU", nf4_create, nf4_compute, nf4_delete), s.get());
+  return failed(std::string("the CPU kernel of ") + kNf4);
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -283,6 +348,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("tensorflowVersion", Napi::String::New(env, TF_Version()));
   exports.Set("moeFusedLinearOp", Napi::String::New(env, kLinear));
   exports.Set("moeFusedLinearGradWeightOp", Napi::String::New(env, kGradWeight));
+  exports.Set("moeFusedLinearNf4Op", Napi::String::New(env, kNf4));
   return exports;
 }
 

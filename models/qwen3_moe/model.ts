@@ -18,6 +18,11 @@ import {isSparseLayer, Qwen3MoeConfig} from './config';
 export interface BuildOptions {
   /** Add a second input, attentionMask [B, S] (1 = token, 0 = padding). */
   attentionMask?: boolean;
+  /**
+   * Hold the experts frozen in NF4 (QLoRA; loadHfCheckpoint quantises float checkpoints on load or
+   * reads bitsandbytes 4-bit ones). Blocksize 64 unless given.
+   */
+  expertsIn4bit?: boolean | {blocksize?: number};
 }
 
 export function buildQwen3MoeForCausalLM(config: Qwen3MoeConfig, options: BuildOptions = {}): tfl.LayersModel {
@@ -27,6 +32,7 @@ export function buildQwen3MoeForCausalLM(config: Qwen3MoeConfig, options: BuildO
     name: 'model.embed_tokens', vocabSize: config.vocabSize, hiddenSize: config.hiddenSize, initStd: config.initializerRange,
   });
   let h = embed.apply(ids) as tfl.SymbolicTensor;
+  const nf4 = options.expertsIn4bit === true ? {} : options.expertsIn4bit || undefined;
   for (let i = 0; i < config.numHiddenLayers; ++i) {
     const layer = new DecoderLayer({
       name: `model.layers.${i}`,
@@ -42,6 +48,7 @@ export function buildQwen3MoeForCausalLM(config: Qwen3MoeConfig, options: BuildO
         numExperts: config.numExperts,
         topK: config.numExpertsPerTok,
         normTopKProb: config.normTopKProb,
+        nf4: nf4 && {blocksize: nf4.blocksize ?? 64},
       } : undefined,
     });
     h = layer.apply(mask ? [h, mask] : h) as tfl.SymbolicTensor;

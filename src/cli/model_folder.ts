@@ -48,9 +48,13 @@ function readConfig(dir: string): Record<string, unknown> {
   }
 }
 
-/** Opens `dir` (undefined: the embedded default), with a PEFT adapter on top when given. */
-export function openModelFolder(dir: string | undefined, options: {adapter?: string} = {}): ModelFolder {
+/**
+ * Opens `dir` (undefined: the embedded default), with a PEFT adapter on top when given; with
+ * loadIn4bit the experts are held in NF4 (quantised on load, or read from a bitsandbytes checkpoint).
+ */
+export function openModelFolder(dir: string | undefined, options: {adapter?: string; loadIn4bit?: boolean} = {}): ModelFolder {
   const isDefault = dir === undefined;
+  if (isDefault && options.loadIn4bit) throw new UsageError('--load-in-4bit needs --model (the built-in model has no weights to quantise)');
   const folder = dir ?? defaultFolder();
   const hfConfig = readConfig(folder);
   let config: Qwen3MoeConfig;
@@ -59,7 +63,7 @@ export function openModelFolder(dir: string | undefined, options: {adapter?: str
   } catch (e) {
     throw new UsageError(`${path.join(folder, 'config.json')}: ${(e as Error).message}`);
   }
-  const model = buildQwen3MoeForCausalLM(config);
+  const model = buildQwen3MoeForCausalLM(config, {expertsIn4bit: options.loadIn4bit});
   if (!isDefault) loadHfCheckpoint(model, folder);
   if (options.adapter) {
     if (!fs.existsSync(path.join(options.adapter, 'adapter_config.json'))) {

@@ -15,8 +15,10 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 
-import {dequantiseNf4} from '../quant/nf4';
-import {bnbTensorNames, isBnb4bit, readBnb4bit} from './bnb_4bit';
+import {MoeFusedLinearNf4Layer} from '../layers/moe_fused_linear_nf4';
+import {leafLayers} from '../lora/apply_lora';
+import {dequantiseNf4, quantiseNf4, stackNf4} from '../quant/nf4';
+import {bnbTensorNames, isBnb4bit, readBnb4bit, readBnbExperts} from './bnb_4bit';
 import {hfName} from './hf_weights';
 import {DTYPE_BYTES, HostTensor, SafetensorsDtype, SafetensorsFile, TensorToWrite, writeAtomically, writeSafetensors} from './safetensors';
 
@@ -159,7 +161,11 @@ export function loadHfCheckpoint(model: tfl.LayersModel, checkpoint: string | Hf
   const ckpt = typeof checkpoint === 'string' ? HfCheckpoint.open(checkpoint) : checkpoint;
   try {
     const used = new Set<string>();
+    const nf4Layers = leafLayers(model).filter((l): l is MoeFusedLinearNf4Layer => l instanceof MoeFusedLinearNf4Layer);
+    for (const layer of nf4Layers) loadNf4Experts(ckpt, layer).forEach(n => used.add(n));
+    const quantised = new Set(nf4Layers.flatMap(l => l.weights));
     for (const weight of model.weights) {
+      if (quantised.has(weight)) continue;
       const name = hfName(weight);
       let data: Float32Array | Int32Array;
       if (ckpt.has(name)) {
@@ -181,6 +187,37 @@ export function loadHfCheckpoint(model: tfl.LayersModel, checkpoint: string | Hf
   }
 }
 
+/**
+ * The experts of an NF4 layer: read as bitsandbytes stored them (per expert, or one fused tensor),
+ * or quantised here from float weights of any layout, expert by expert as bitsandbytes' Params4bit
+ * does (one projection of one layer in float32 at a time). Returns the tensors it consumed.
+ */
+function loadNf4Experts(ckpt: HfCheckpoint, layer: MoeFusedLinearNf4Layer): string[] {
+  const [, mlp, proj] = /^(.+\.mlp)\.(gate|up|down)_proj$/.exec(layer.name) ?? [];
+  if (!mlp) throw new Error(`${ckpt.dir}: cannot tell which experts ${layer.name} holds`);
+  const {shape, blocksize} = layer.nf4;
+  const [E, out, inFeatures] = shape;
+  const fused = `${mlp}.${proj}_proj.weight`, perExpert = (e: number) => `${mlp}.experts.${e}.${proj}_proj.weight`;
+  if (isBnb4bit(ckpt, fused) || isBnb4bit(ckpt, perExpert(0))) {
+    layer.setNf4Weights(readBnbExperts(ckpt, mlp, proj as 'gate' | 'up' | 'down', E));
+    return isBnb4bit(ckpt, fused) ? bnbTensorNames(ckpt, fused) : Array.from({length: E}, (_, e) => bnbTensorNames(ckpt, perExpert(e))).flat();
+  }
+  let data: Float32Array, used: string[];
+  if (ckpt.has(fused)) {
+    const t = ckpt.read(fused);
+    expectShape(ckpt, fused, t.shape, shape);
+    [data, used] = [t.data as Float32Array, [fused]];
+  } else {
+    const found = fusedExperts(ckpt, fused, shape);
+    if (!found) throw new Error(`${ckpt.dir}: no tensor for the experts ${fused} [${shape}]`);
+    [data, used] = [found.data, found.used];
+  }
+  const per = out * inFeatures;
+  layer.setNf4Weights(stackNf4(Array.from({length: E}, (_, e) =>
+      quantiseNf4(data.subarray(e * per, (e + 1) * per), {blocksize, shape: [out, inFeatures]}))));
+  return used;
+}
+
 export interface SaveOptions {
   /** fused: experts as [E, out, in] (this package, the seed project); unfused: one matrix per expert (the Hub). */
   layout?: 'fused' | 'unfused';
@@ -196,6 +233,8 @@ export interface SaveOptions {
 export function saveHfCheckpoint(model: tfl.LayersModel, hfConfig: Record<string, unknown>, dir: string,
                                  options: SaveOptions = {}): void {
   const {layout = 'fused', dtype = 'F32', maxShardBytes = 5e9} = options;
+  const nf4 = leafLayers(model).find(l => l instanceof MoeFusedLinearNf4Layer);
+  if (nf4) throw new Error(`saveHfCheckpoint: ${nf4.name} holds NF4 experts; writing 4-bit checkpoints is not supported (save the adapter)`);
   fs.mkdirSync(dir, {recursive: true});
   const tensors: TensorToWrite[] = [];
   for (const weight of model.weights) {

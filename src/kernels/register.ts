@@ -5,17 +5,20 @@
  */
 import {engine, KernelConfig, KernelFunc, registerKernel} from '@tensorflow/tfjs-core';
 
-import {MoeFusedLinear, MoeFusedLinearGradWeight, MoeGatherRows, MoeScatterAddRows, MoeSortByExpert} from '../kernel_names';
+import {MoeFusedLinear, MoeFusedLinearGradWeight, MoeFusedLinearNf4, MoeGatherRows, MoeScatterAddRows, MoeSortByExpert} from '../kernel_names';
 import {moeSortByExpert} from './any/MoeSortByExpert';
 import {moeFusedLinearCpuConfig} from './cpu/MoeFusedLinear';
 import {moeFusedLinearGradWeightCpuConfig} from './cpu/MoeFusedLinearGradWeight';
+import {moeFusedLinearNf4CpuConfig} from './cpu/MoeFusedLinearNf4';
 import {moeGatherRowsCpuConfig} from './cpu/MoeGatherRows';
 import {moeScatterAddRowsCpuConfig} from './cpu/MoeScatterAddRows';
 import {gatherRowsVia, scatterAddRowsVia} from './delegating/rows';
 import {moeFusedLinearFallback} from './fallback/MoeFusedLinear';
 import {moeFusedLinearGradWeightFallback} from './fallback/MoeFusedLinearGradWeight';
+import {moeFusedLinearNf4Fallback} from './fallback/MoeFusedLinearNf4';
 import {moeFusedLinearTensorflowConfig} from './tensorflow/MoeFusedLinear';
 import {moeFusedLinearGradWeightTensorflowConfig} from './tensorflow/MoeFusedLinearGradWeight';
+import {moeFusedLinearNf4TensorflowConfig} from './tensorflow/MoeFusedLinearNf4';
 
 const NATIVE_BACKENDS = ['cpu', 'tensorflow'];
 /** Backends that get the pure-tfjs kernels even when registered after this package loads. */
@@ -32,6 +35,7 @@ export function registerFallbackKernels(backendName: string): void {
   for (const c of [
          config(MoeFusedLinear, backendName, moeFusedLinearFallback),
          config(MoeFusedLinearGradWeight, backendName, moeFusedLinearGradWeightFallback),
+         config(MoeFusedLinearNf4, backendName, moeFusedLinearNf4Fallback),
          config(MoeGatherRows, backendName, gatherRowsVia(backendName)),
          config(MoeScatterAddRows, backendName, scatterAddRowsVia(backendName)),
          config(MoeSortByExpert, backendName, moeSortByExpert),
@@ -41,9 +45,9 @@ export function registerFallbackKernels(backendName: string): void {
 }
 
 for (const c of [
-       moeFusedLinearCpuConfig, moeFusedLinearGradWeightCpuConfig, moeGatherRowsCpuConfig,
+       moeFusedLinearCpuConfig, moeFusedLinearGradWeightCpuConfig, moeFusedLinearNf4CpuConfig, moeGatherRowsCpuConfig,
        moeScatterAddRowsCpuConfig, config(MoeSortByExpert, 'cpu', moeSortByExpert),
-       moeFusedLinearTensorflowConfig, moeFusedLinearGradWeightTensorflowConfig,
+       moeFusedLinearTensorflowConfig, moeFusedLinearGradWeightTensorflowConfig, moeFusedLinearNf4TensorflowConfig,
        config(MoeGatherRows, 'tensorflow', gatherRowsVia('tensorflow')),
        config(MoeScatterAddRows, 'tensorflow', scatterAddRowsVia('tensorflow')),
        config(MoeSortByExpert, 'tensorflow', moeSortByExpert),

@@ -17,7 +17,7 @@ import {SparseMoe} from './sparse_moe';
 
 export interface DecoderLayerArgs extends LayerArgs, AttentionShape {
   /** Sparse MoE MLP when set; otherwise a dense MLP of intermediateSize. */
-  moe?: {moeIntermediateSize: number; numExperts: number; topK: number; normTopKProb: boolean};
+  moe?: {moeIntermediateSize: number; numExperts: number; topK: number; normTopKProb: boolean; nf4?: {blocksize: number}};
   intermediateSize: number;
   /** LoRA adapters by dotted path below this layer (self_attn.q_proj, mlp.gate_proj, ...). */
   lora?: Record<string, LoraOptions>;

@@ -50,15 +50,35 @@ export abstract class LoraLinearBase extends tfl.layers.Layer {
   /** Input features, from the input's last dimension. */
   protected abstract inputFeatures(inputShape: tfl.Shape | tfl.Shape[]): number;
 
+  /** Adds the base weight: W, initialised as nn.Linear does. */
+  protected buildBase(): void {
+    this.weight = this.addWeight('weight', this.weightShape(this.inFeatures), 'float32', linearUniform(this.inFeatures));
+  }
+
+  /** product(x, W) for the base weight. */
+  protected baseProduct(x: tf.Tensor, inputs: tf.Tensor[]): tf.Tensor {
+    return this.product(x, this.weight.read(), inputs);
+  }
+
+  /** Freezes the base weight while an adapter trains. */
+  protected freezeBase(): void {
+    this.weight.trainable = false;
+  }
+
   override build(inputShape: tfl.Shape | tfl.Shape[]): void {
     this.inFeatures = this.inputFeatures(inputShape);
-    this.weight = this.addWeight('weight', this.weightShape(this.inFeatures), 'float32', linearUniform(this.inFeatures));
+    this.buildBase();
     if (this.loraOptions) this.addAdapter(this.loraOptions);
     this.built = true;
   }
 
   get lora(): LoraOptions | undefined {
     return this.loraOptions;
+  }
+
+  /** The shape of W ([out, in], or [E, out, in] for experts), whatever form W is held in. */
+  get baseShape(): number[] {
+    return this.weightShape(this.inFeatures);
   }
 
   /** The base weight W. */
@@ -89,7 +109,7 @@ export abstract class LoraLinearBase extends tfl.layers.Layer {
     const scoped = (name: string) => this.built ? `${this.name}/${name}` : name;
     this.loraA = this.addWeight(scoped('lora_A'), aShape, 'float32', linearUniform(this.inFeatures));
     this.loraB = this.addWeight(scoped('lora_B'), bShape, 'float32', tfl.initializers.zeros());
-    this.weight.trainable = false;
+    this.freezeBase();
   }
 
   /** W ← W + scaling·B·A; the adapter stays, and is skipped until unmergeLora(). */
@@ -113,7 +133,7 @@ export abstract class LoraLinearBase extends tfl.layers.Layer {
 
   /** y = product(x, W) + scaling · product(product(dropout(x), A), B). */
   protected linear(x: tf.Tensor, inputs: tf.Tensor[], training: boolean): tf.Tensor {
-    const y = this.product(x, this.weight.read(), inputs);
+    const y = this.baseProduct(x, inputs);
     const adapter = this.adapter;
     if (!adapter || this.merged || !this.loraOptions) return y;
     const rate = this.loraOptions.dropout ?? 0;

@@ -17,6 +17,7 @@ import {Linear} from './linear';
 import {LoraOptions} from './lora';
 import {loraOf, swiglu} from './mlp';
 import {MoeFusedLinearLayer} from './moe_fused_linear';
+import {MoeFusedLinearNf4Layer} from './moe_fused_linear_nf4';
 
 export interface SparseMoeArgs extends LayerArgs {
   hiddenSize: number;
@@ -26,6 +27,8 @@ export interface SparseMoeArgs extends LayerArgs {
   normTopKProb: boolean;
   /** LoRA adapters by child name: gate (the router), gate_proj, up_proj, down_proj. */
   lora?: Record<string, LoraOptions>;
+  /** Experts held frozen in NF4 (bitsandbytes' 4-bit format), for QLoRA. */
+  nf4?: {blocksize: number};
 }
 
 export class SparseMoe extends CompositeLayer {
@@ -50,9 +53,12 @@ export class SparseMoe extends CompositeLayer {
     }
     this.args = args;
     const {hiddenSize: H, moeIntermediateSize: I, numExperts: E} = args;
-    const experts = (child: string, inFeatures: number, units: number) => built(
-        new MoeFusedLinearLayer({name: `${this.name}.${child}`, units, numExperts: E, lora: args.lora?.[child]}),
-        [[null, inFeatures], [E]]);
+    const experts = (child: string, inFeatures: number, units: number) => {
+      const layerArgs = {name: `${this.name}.${child}`, units, numExperts: E, lora: args.lora?.[child]};
+      const layer = args.nf4 ? new MoeFusedLinearNf4Layer({...layerArgs, blocksize: args.nf4.blocksize})
+                             : new MoeFusedLinearLayer(layerArgs);
+      return built(layer, [[null, inFeatures], [E]]);
+    };
     this.gate = built(new Linear({name: `${this.name}.gate`, units: E, lora: args.lora?.gate}), [null, H]);
     this.gate_proj = experts('gate_proj', H, I);
     this.up_proj = experts('up_proj', H, I);

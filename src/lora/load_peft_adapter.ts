@@ -16,14 +16,14 @@ export function loadPeftAdapter(model: tfl.LayersModel, dir: string): void {
   const adapters = readPeftAdapter(dir, mlp => {
     const gate = layers.get(`${mlp}.gate_proj`);
     if (!(gate instanceof MoeFusedLinearLayer)) return undefined;
-    const [E, I, H] = gate.kernel.shape as number[];
+    const [E, I, H] = gate.baseShape;
     return {E, I, H};
   });
   // Every adapter is checked before the model changes: W [..., out, in] takes A [..., r, in], B [..., out, r].
   const targets = [...adapters].map(([module, adapter]) => {
     const layer = layers.get(module);
     if (!(layer instanceof LoraLinearBase)) throw new Error(`${dir}: the model has no linear layer ${module} for the adapter`);
-    const w = layer.kernel.shape as number[], lead = w.slice(0, -2), [out, inFeatures] = w.slice(-2), r = adapter.options.r;
+    const w = layer.baseShape, lead = w.slice(0, -2), [out, inFeatures] = w.slice(-2), r = adapter.options.r;
     for (const [which, actual, expected] of [['A', adapter.shapeA, [...lead, r, inFeatures]], ['B', adapter.shapeB, [...lead, out, r]]] as const) {
       if (actual.join() !== expected.join()) {
         throw new Error(`${dir}: lora_${which} of ${module} is [${actual}], the layer expects [${expected}]`);

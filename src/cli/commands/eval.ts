@@ -18,11 +18,12 @@ export const EVAL_USAGE = `eval --model DIR [--adapter DIR] (--tokens FILE.json 
   --tokens FILE.json   an array of equally long arrays of token ids
   --dump-logits OUT    write float32 logits [B, S, V] of those rows
   --data FILE          .txt or .jsonl: prints loss and perplexity over --seq-len windows (128)
-  --batch N (4)  --backend cpu|tensorflow (cpu)`;
+  --batch N (4)  --backend cpu|tensorflow (cpu)
+  --load-in-4bit       experts in NF4 (quantised on load, or a bitsandbytes checkpoint)`;
 
 const FLAGS: FlagSpec = {
   model: {type: 'string'}, adapter: {type: 'string'}, tokens: {type: 'string'}, 'dump-logits': {type: 'string'},
-  data: {type: 'string'}, 'seq-len': {type: 'string'}, batch: {type: 'string'}, backend: {type: 'string'},
+  data: {type: 'string'}, 'seq-len': {type: 'string'}, batch: {type: 'string'}, backend: {type: 'string'}, 'load-in-4bit': {type: 'boolean'},
 };
 
 /** The rows of a --tokens file, checked: equal lengths, integer ids in [0, V). */
@@ -56,7 +57,7 @@ export async function evaluate(argv: string[]): Promise<void> {
   if (dump && !tokens) throw new UsageError('--dump-logits needs --tokens');
   const batch = numberFlag(flags, 'batch', 4, {min: 1, integer: true});
   await useBackend(choiceFlag(flags, 'backend', BACKEND_CHOICES, 'cpu'));
-  const folder = openModelFolder(requiredFlag(flags, 'model'), {adapter: stringFlag(flags, 'adapter')});
+  const folder = openModelFolder(requiredFlag(flags, 'model'), {adapter: stringFlag(flags, 'adapter'), loadIn4bit: flags['load-in-4bit'] === true});
   const {model, config} = folder;
 
   let rows: Int32Array[];

@@ -13,12 +13,13 @@ export const GENERATE_USAGE = `generate --model DIR [--adapter DIR] --prompt TEX
   --system TEXT        a system turn before it (with --chat)
   --max-new-tokens N   (128)
   --temperature X      0 = greedy; sampling otherwise (defaults from generation_config.json, else greedy)
-  --top-p X  --top-k N  --seed N  --backend cpu|tensorflow (cpu)`;
+  --top-p X  --top-k N  --seed N  --backend cpu|tensorflow (cpu)
+  --load-in-4bit       experts in NF4 (quantised on load, or a bitsandbytes checkpoint)`;
 
 const FLAGS: FlagSpec = {
   model: {type: 'string'}, adapter: {type: 'string'}, prompt: {type: 'string'}, chat: {type: 'boolean'},
   system: {type: 'string'}, 'max-new-tokens': {type: 'string'}, temperature: {type: 'string'}, 'top-p': {type: 'string'},
-  'top-k': {type: 'string'}, seed: {type: 'string'}, backend: {type: 'string'},
+  'top-k': {type: 'string'}, seed: {type: 'string'}, backend: {type: 'string'}, 'load-in-4bit': {type: 'boolean'},
 };
 
 /** generation_config.json of a model folder (Transformers' sampling defaults), {} when absent. */
@@ -37,7 +38,7 @@ export async function generateText(argv: string[]): Promise<void> {
   const prompt = requiredFlag(flags, 'prompt');
   const maxNewTokens = numberFlag(flags, 'max-new-tokens', 128, {min: 0, integer: true});
   await useBackend(choiceFlag(flags, 'backend', BACKEND_CHOICES, 'cpu'));
-  const folder = openModelFolder(requiredFlag(flags, 'model'), {adapter: stringFlag(flags, 'adapter')});
+  const folder = openModelFolder(requiredFlag(flags, 'model'), {adapter: stringFlag(flags, 'adapter'), loadIn4bit: flags['load-in-4bit'] === true});
   const tokenizer = requireTokenizer(folder, 'generate');
   const defaults = generationConfig(folder.dir);
 

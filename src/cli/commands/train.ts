@@ -30,6 +30,7 @@ export const TRAIN_USAGE = `train [--model DIR] [--data FILE.txt|FILE.jsonl] [op
   --seq-len N (128)  --batch N (4)  --lr X (2e-4)  --steps N (100)  --warmup-steps N (steps/10)
   --schedule linear|constant   the learning rate after warm-up (linear: down to 0 at --steps)
   --weight-decay X (0)  --seed N (0)  --backend cpu|tensorflow (cpu)
+  --load-in-4bit       hold the experts frozen in NF4 (QLoRA): quantised on load, or read from a bitsandbytes checkpoint
   --out DIR            output folder (default ./tfjs-moe-out)
   --save-every N       save a resumable checkpoint every N steps   --resume   continue from --out
   --log FILE           one JSON object per step (step, loss, tokensPerSecond, learningRate, seconds)`;
@@ -38,7 +39,7 @@ const FLAGS: FlagSpec = {
   model: {type: 'string'}, data: {type: 'string'}, 'lora-r': {type: 'string'}, 'lora-alpha': {type: 'string'},
   targets: {type: 'string'}, rslora: {type: 'boolean'}, 'seq-len': {type: 'string'}, batch: {type: 'string'},
   lr: {type: 'string'}, steps: {type: 'string'}, 'warmup-steps': {type: 'string'}, 'weight-decay': {type: 'string'},
-  seed: {type: 'string'}, schedule: {type: 'string'}, backend: {type: 'string'}, out: {type: 'string'}, 'save-every': {type: 'string'},
+  seed: {type: 'string'}, schedule: {type: 'string'}, backend: {type: 'string'}, 'load-in-4bit': {type: 'boolean'}, out: {type: 'string'}, 'save-every': {type: 'string'},
   resume: {type: 'boolean'}, log: {type: 'string'},
 };
 
@@ -59,7 +60,7 @@ export async function train(argv: string[]): Promise<void> {
     targets: (stringFlag(flags, 'targets') ?? DEFAULT_TARGETS).split(',').map(t => t.trim()).filter(Boolean),
     seqLen: numberFlag(flags, 'seq-len', 128, {min: 2, integer: true}), batch: numberFlag(flags, 'batch', 4, {min: 1, integer: true}),
     lr: numberFlag(flags, 'lr', 2e-4, {min: 0}), weightDecay: numberFlag(flags, 'weight-decay', 0, {min: 0}),
-    seed: numberFlag(flags, 'seed', 0, {integer: true, min: 0}),
+    seed: numberFlag(flags, 'seed', 0, {integer: true, min: 0}), loadIn4bit: flags['load-in-4bit'] === true,
   };
   const steps = numberFlag(flags, 'steps', 100, {min: 1, integer: true});
   const warmupSteps = numberFlag(flags, 'warmup-steps', Math.floor(steps / 10), {min: 0, integer: true});
@@ -69,7 +70,8 @@ export async function train(argv: string[]): Promise<void> {
   const checkpointDir = path.join(out, 'checkpoint');
   await useBackend(choiceFlag(flags, 'backend', BACKEND_CHOICES, 'cpu'));
 
-  const folder = openModelFolder(settings.model ?? undefined);
+  if (flags['load-in-4bit'] && r === 0) throw new UsageError('--load-in-4bit freezes the experts in NF4: train adapters (--lora-r > 0)');
+  const folder = openModelFolder(settings.model ?? undefined, {loadIn4bit: flags['load-in-4bit'] === true});
   const tokenizer = requireTokenizer(folder, 'train');
   const data = settings.data ?? path.join(defaultFolder(), 'corpus.txt');
   const batches = new Batches(tokenWindows(data, tokenizer, settings.seqLen), settings.batch, settings.seed);

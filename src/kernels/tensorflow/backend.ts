@@ -10,7 +10,7 @@ export interface TfOpAttr {
 }
 
 export interface NodeBackend {
-  binding: {TF_ATTR_BOOL: number};
+  binding: {TF_ATTR_BOOL: number; TF_ATTR_INT: number};
   executeSingleOutput(opName: string, attrs: TfOpAttr[], inputs: TensorInfo[]): Tensor;
 }
 
