@@ -8,11 +8,9 @@ import * as tfl from '@tensorflow/tfjs-layers';
 
 import {BACKENDS, useBackend} from './helpers/backends';
 import {checkGradient, randomFloats, randomGroupSizes, refMoeFusedLinear, relativeError, spread} from './helpers/reference';
-import {applyLora, cpuAddon, moeCombineRows, moeGatherRows, moeRoute} from '../src';
+import {applyLora, cpuAddon} from '../src';
 import {MoeFusedLinearNf4} from '../src/kernel_names';
-import {built, CompositeLayer} from '../src/layers/composite';
-import {Linear} from '../src/layers/linear';
-import {swiglu} from '../src/layers/mlp';
+import {SparseMoe} from '../src/layers/sparse_moe';
 import {MoeFusedLinearNf4Layer} from '../src/layers/moe_fused_linear_nf4';
 import {moeFusedLinearNf4, Nf4Weights, nf4Weights} from '../src/ops/moe_fused_linear_nf4';
 import {bytesToInt32Words} from '../src/quant/int32_words';
@@ -166,56 +164,20 @@ describe('the native kernel', () => {
   });
 });
 
-/** Qwen3-MoE's sparse block with NF4 experts (SparseMoe's computation, experts swapped). */
-class Nf4SparseMoe extends CompositeLayer {
-  static className = 'Test>Nf4SparseMoe';
-  readonly gate: Linear;
-  readonly gate_proj: MoeFusedLinearNf4Layer;
-  readonly up_proj: MoeFusedLinearNf4Layer;
-  readonly down_proj: MoeFusedLinearNf4Layer;
-
-  constructor(readonly dims: {H: number; I: number; E: number; topK: number; name: string}) {
-    super({name: dims.name});
-    const {H, I, E} = dims;
-    const experts = (child: string, inFeatures: number, units: number) => built(
-        new MoeFusedLinearNf4Layer({name: `${this.name}.${child}`, units, numExperts: E, blocksize: 32}), [[null, inFeatures], [E]]);
-    this.gate = built(new Linear({name: `${this.name}.gate`, units: E}), [null, H]);
-    this.gate_proj = experts('gate_proj', H, I);
-    this.up_proj = experts('up_proj', H, I);
-    this.down_proj = experts('down_proj', I, H);
-  }
-
-  children(): tfl.layers.Layer[] {
-    return [this.gate, this.gate_proj, this.up_proj, this.down_proj];
-  }
-
-  override computeOutputShape(inputShape: tfl.Shape | tfl.Shape[]): tfl.Shape {
-    return inputShape as tfl.Shape;
-  }
-
-  override call(inputs: tf.Tensor | tf.Tensor[], kwargs: {training?: boolean}): tf.Tensor {
-    const x = Array.isArray(inputs) ? inputs[0] : inputs;
-    return tf.tidy(() => {
-      const routing = moeRoute(this.gate.call(x, kwargs) as tf.Tensor2D, {topK: this.dims.topK, normTopKProb: true});
-      const rows = moeGatherRows(x, routing.tokenIndex);
-      const experts = (layer: MoeFusedLinearNf4Layer, input: tf.Tensor) => layer.call([input, routing.groupSizes], kwargs);
-      return moeCombineRows(experts(this.down_proj, swiglu(experts(this.gate_proj, rows), experts(this.up_proj, rows))), routing);
-    });
-  }
-}
-
 describe.each(BACKENDS)('QLoRA on %s', backend => {
   beforeAll(() => useBackend(backend));
 
   test('LoRA adapters on an NF4 SparseMoe train through model.fit; the 4-bit base stays as loaded', async () => {
     const H = 32, I = 16, E = 4, T = 48;
-    const moe = new Nf4SparseMoe({H, I, E, topK: 2, name: 'mlp'});
+    const moe = new SparseMoe({name: 'mlp', hiddenSize: H, moeIntermediateSize: I, numExperts: E, topK: 2, normTopKProb: true,
+                               nf4: {blocksize: 32}});
     for (const [layer, out, inp] of [[moe.gate_proj, I, H], [moe.up_proj, I, H], [moe.down_proj, H, I]] as const) {
-      layer.setNf4Weights(randomExperts(E, out, inp, 32, true));
+      (layer as MoeFusedLinearNf4Layer).setNf4Weights(randomExperts(E, out, inp, 32, true));
     }
     const input = tfl.input({shape: [H]});
     const model = tfl.model({inputs: input, outputs: moe.apply(input) as tfl.SymbolicTensor});
     const adapted = applyLora(model, {r: 4, alpha: 8, targets: ['gate_proj', 'up_proj', 'down_proj']});
+    expect(adapted.every(l => l instanceof MoeFusedLinearNf4Layer)).toBe(true);
     expect(adapted.length).toBe(3);
     const names = model.trainableWeights.map(w => w.name.replace(/_\d+$/, '')).sort();  // tfjs uniquifies names
     expect(names).toEqual(['down_proj', 'gate_proj', 'up_proj'].flatMap(p => [`mlp.${p}/lora_A`, `mlp.${p}/lora_B`]));
