@@ -1,14 +1,17 @@
-// Tile math of the forward grouped GEMM for sm_90a (H100, H200): C[i, j] = Σ_r A(i, r) · B(j, r)
-// over 128 × 256 output tiles, both operands K-major (x and w in the forward pass), multiplied by
-// wgmma (warpgroup MMA) from shared memory, accumulated in float32 registers.
+// Tile math of the forward, dX and dW grouped GEMMs for sm_90a (H100, H200): C[i, j] = Σ_r A(i, r) · B(j, r)
+// over 128 × 256 output tiles, multiplied by wgmma (warpgroup MMA) from shared memory, accumulated
+// in float32 registers. Forward: A = x and B = w[e] as [N, K], both K-major. dX: B = w[e] as
+// [K, N], B(j, r) = w[e, r, j], MN-major. dW: A(i, r) = dy[row0 + r, n0 + i] and B(j, r) =
+// x[row0 + r, k0 + j], both MN-major, r over the expert's rows. wgmma reads both K-major.
 //
 // The operands are float32 in global memory and the tensor cores read tf32 or bf16 from shared
 // memory. Warp-specialized: one producer thread has the tensor memory accelerator (TMA) copy each
 // stage (32 deep) global → shared as float32, 128-byte swizzled, rows past the tensors and r past
 // the depth zero-filled; the producer warpgroup then rounds it (tf32: round to nearest, ties
 // away, as cvt.rna; bf16: round to nearest even) into the layout that wgmma reads: 128-byte (tf32,
-// in place) or 64-byte (bf16, a second ring) swizzled rows. Two consumer warpgroups, 64 × 256
-// outputs each, only wait for stages, run wgmma and store their tile. The sides meet at mbarriers.
+// in place) or 64-byte (bf16, a second ring) swizzled rows; MN-major operands are transposed on
+// the way (load_blocks / store_blocks). Two consumer warpgroups, 64 × 256 outputs each, only wait
+// for stages, run wgmma and store their tile. The sides meet at mbarriers.
 // Copies run kAhead = 3 stages ahead of the rounding, across the tiles of a persistent block, so
 // loads continue through the consumers' epilogues.
 //
@@ -33,10 +36,10 @@ constexpr int kProducers = 128;      // warpgroup 2
 constexpr int kThreads = kConsumers + kProducers;
 constexpr int kRows = kBM + kBN;     // a stage is A's kBM rows, then B's kBN rows
 constexpr int kRowStep = kProducers / 8;             // rows rounded at once: 8 threads a row
-constexpr int kChunks = kRows / kRowStep;            // 16-byte pieces per producer and stage: 24
 constexpr int kAcc = kBN / 2;        // accumulators per thread: 64 × 256 over 128 threads
 constexpr int kAhead = 3;            // stages in flight (being copied) ahead of the rounding
 static_assert(kBN <= 256, "a TMA box has at most 256 rows");
+static_assert(kProducers == 128 && kBM % 64 == 0 && kBN % 64 == 0, "transpose's share of the blocks");
 
 // Swizzle<b,4,3> of a byte offset in a 1024-byte aligned stage: bits [4, 4 + b) XOR bits [7, 7 + b),
 // i.e. 16-byte chunk c of row i sits at c ^ (i % 8) for 128-byte rows (b = 3) and at c ^ (i / 2 % 4)
@@ -125,6 +128,19 @@ __device__ __forceinline__ void tma_load(uint8_t* dst, const CUtensorMap* map, i
       : "memory");
 }
 
+// The box of a 3-d `map` at (c0, c1, c2) → shared dst, completing on bar.
+__device__ __forceinline__ void tma_load_3d(uint8_t* dst, const CUtensorMap* map, int c0, int c1, int c2,
+                                            uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+          smem_addr(dst)),
+      "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(smem_addr(bar))
+      : "memory");
+}
+
+// Barrier 1 of the block, for the producer warpgroup alone (barrier 0 is __syncthreads).
+__device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kProducers) : "memory"); }
+
 // Keeps the compiler from moving accesses of acc across the asynchronous wgmma that writes it.
 __device__ __forceinline__ void fence_acc(float (&acc)[kAcc]) {
 #pragma unroll
@@ -168,27 +184,33 @@ __device__ __forceinline__ void wgmma(float (&d)[kAcc], uint64_t a, uint64_t b, 
 #undef MOE_ACC8
 
 // ---------------------------------------------------------------------------------------------
-// One tile's work: C = A · Bᵀ over the full depth into c[i·ldc + j] for i < rows, j < cols, A at
-// rows a_row.. of the TMA tensor of A, B at rows b_row.. of that of B. Both tensors are
-// [rows, depth] float32 with boxes of 32 × kBM (A) and 32 × kBN (B), 128-byte swizzled; rows past
-// the tile (another expert's, or past the tensor: zeros) only reach outputs that are not stored.
+// One tile's work: C = A · Bᵀ over r < depth (may be 0: C = 0) into c[i·ldc + j] for i < rows,
+// j < cols. A K-major operand is rows a_row.. (b_row..) of a [rows, depth] TMA tensor at r (boxes
+// 32 × kBM or 32 × kBN); rows past the tile (another expert's, or past the tensor: zeros) only
+// reach outputs that are not stored, r past the depth reads zeros. An MN-major operand is columns
+// a_row.. (b_row..) of rows r0 + r of slice `expert` of a [experts, rows, columns] tensor (boxes
+// 32 columns × 32 r × 1); rows past r0 + depth are zeros (dX: past K) or another expert's (dW:
+// the producers zero them).
+// Boxes are float32, 128-byte swizzled.
 struct TileJob {
-  int a_row, b_row;
+  int a_row, b_row, expert, r0, depth;
   float* c;
   int64_t ldc;
   int rows, cols;
 };
 
-// Rounds producer p's pieces of a landed raw stage into its math stage (tf32: the same place).
-template <Precision kP>
-__device__ __forceinline__ void convert(const uint8_t* raw, uint8_t* math, int p) {
+// Rounds producer p's 16-byte pieces of the first kCount · kRowStep rows of a landed raw stage
+// into its math stage (tf32: the same place), row for row.
+template <Precision kP, int kCount>
+__device__ __forceinline__ void convert_rows(const uint8_t* raw, uint8_t* math, int p) {
   using L = Layout<kP>;
   const int row = p / 8, c = p % 8;
   const uint32_t raw_offset = swizzle<L::kRawPitch>(row * L::kRawPitch + c * 16);
   const uint32_t math_offset = swizzle<L::kPitch>(row * L::kPitch + c * 4 * L::kElemBytes);
   constexpr int kBatch = 8;  // loads in flight at a time
+  static_assert(kCount % kBatch == 0, "whole batches");
 #pragma unroll
-  for (int q0 = 0; q0 < kChunks; q0 += kBatch) {
+  for (int q0 = 0; q0 < kCount; q0 += kBatch) {
     uint4 v[kBatch];
 #pragma unroll
     for (int q = 0; q < kBatch; ++q)
@@ -204,8 +226,107 @@ __device__ __forceinline__ void convert(const uint8_t* raw, uint8_t* math, int p
   }
 }
 
-// Stores C(i, j) = acc for i < rows, j < cols at c[i·ldc + j], straight from the registers as
-// float2 (needs cols and ldc even, c 8-byte aligned): a warp writes 8 rows × 32 bytes at a time.
+__device__ __forceinline__ uint32_t lane_of(const uint4& v, int q) { return q == 0 ? v.x : q == 1 ? v.y : q == 2 ? v.z : v.w; }
+
+// An MN-major operand → K-major. The raw stage holds it as kBoxes boxes of 32 r-rows × 32 j (box
+// b: j in [32b, 32b + 32), r-row i at byte 128·i, 16-byte chunk c at c ^ (i % 8)); the math stage
+// wants row j with its r contiguous. Producer p moves kBoxes / 2 blocks of 4 r × 4 j, transposing
+// them in registers: block (b, rb, jc) is r in [4rb, 4rb + 4), j in 32b + [4jc, 4jc + 4), with
+// jc = p % 8, rb = (jc + p / 8) % 8, b = p / 64 + 2i. Then a quarter-warp's 8 loads and 8 stores
+// each hit 8 distinct 16-byte bank groups of both swizzled layouts (checked by enumeration; bf16:
+// lanes of odd p / 8 store their 4 rows in the order 1, 0, 3, 2, so that the two quarter-warps of
+// a half-warp's 8-byte stores use different halves of the 128 bytes). tf32 transposes in place:
+// box b's 4 KB become exactly the 32 K-major rows of its columns, so the producers load all their
+// blocks, meet at a barrier, then store (convert).
+template <int kBoxes>
+using Blocks = uint4[kBoxes / 2][4];  // [i][q]: r = 4rb + q, j = 32b + 4jc + (x, y, z, w)
+
+// Loads producer p's blocks; kMask: r ≥ valid becomes 0.
+template <int kBoxes, bool kMask>
+__device__ __forceinline__ void load_blocks(const uint8_t* raw, int p, int valid, Blocks<kBoxes>& v) {
+  const int jc = p % 8, rb = (jc + p / 8) % 8;
+#pragma unroll
+  for (int i = 0; i < kBoxes / 2; ++i)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      v[i][q] = *reinterpret_cast<const uint4*>(raw + (p / 64 + 2 * i) * 4096 + swizzle<128>((4 * rb + q) * 128 + jc * 16));
+      if (kMask && 4 * rb + q >= valid) v[i][q] = make_uint4(0, 0, 0, 0);
+    }
+}
+
+// Rounds and stores producer p's blocks, transposed, as K-major rows of the math stage.
+template <Precision kP, int kBoxes>
+__device__ __forceinline__ void store_blocks(uint8_t* math, int p, const Blocks<kBoxes>& v) {
+  const int jc = p % 8, rb = (jc + p / 8) % 8, flip = p / 8 % 2;
+#pragma unroll
+  for (int i = 0; i < kBoxes / 2; ++i) {
+    const int j0 = (p / 64 + 2 * i) * 32 + 4 * jc;
+    uint4 t[4];  // t[q]: row j0 + q, r = 4rb .. 4rb + 3
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      t[q] = make_uint4(lane_of(v[i][0], q), lane_of(v[i][1], q), lane_of(v[i][2], q), lane_of(v[i][3], q));
+    if constexpr (kP == Precision::kTf32) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        *reinterpret_cast<uint4*>(math + swizzle<128>((j0 + q) * 128 + rb * 16)) =
+            make_uint4(to_tf32(t[q].x), to_tf32(t[q].y), to_tf32(t[q].z), to_tf32(t[q].w));
+    } else {
+      uint2 h[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) h[q] = make_uint2(to_bf16x2(t[q].x, t[q].y), to_bf16x2(t[q].z, t[q].w));
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        *reinterpret_cast<uint2*>(math + swizzle<64>((j0 + (q ^ flip)) * 64 + rb * 8)) = flip ? h[q ^ 1] : h[q];
+    }
+  }
+}
+
+// Rounds producer p's share of a landed raw stage (A's kBM rows, then B's kBN) into its math
+// stage; valid = the depth left at this stage (dW: r past it is another expert's and is masked).
+// MN-major operands: all loads, (tf32, in place) one barrier of the producers, then the stores.
+template <Precision kP, bool kAMN, bool kBMN>
+__device__ __forceinline__ void convert(const uint8_t* raw, uint8_t* math, int p, int valid) {
+  using L = Layout<kP>;
+  const uint8_t* raw_b = raw + kBM * L::kRawPitch;
+  uint8_t* math_b = math + kBM * L::kPitch;
+  Blocks<kAMN ? kBM / 32 : 2> va;
+  Blocks<kBMN ? kBN / 32 : 2> vb;
+  if constexpr (kAMN)
+    load_blocks<kBM / 32, true>(raw, p, valid, va);
+  else
+    convert_rows<kP, kBM / kRowStep>(raw, math, p);
+  if constexpr (kBMN)
+    load_blocks<kBN / 32, kAMN>(raw_b, p, valid, vb);
+  else
+    convert_rows<kP, kBN / kRowStep>(raw_b, math_b, p);
+  if constexpr (L::kInPlace && (kAMN || kBMN)) producer_sync();
+  if constexpr (kAMN) store_blocks<kP, kBM / 32>(math, p, va);
+  if constexpr (kBMN) store_blocks<kP, kBN / 32>(math_b, p, vb);
+}
+
+// Bytes of one operand's part of a stage: K-major, one box of kRowsOp rows; MN-major, the boxes of
+// 32 columns that reach the extent (boxes wholly past it are skipped: they reach only outputs that
+// are not stored).
+template <bool kMN, int kRowsOp>
+__device__ __forceinline__ uint32_t operand_bytes(int extent) {
+  return (kMN ? min(kRowsOp, (extent + 31) / 32 * 32) : kRowsOp) * 128;
+}
+
+// Copies one operand's part of a stage at depth r (`bytes` of it) into dst, completing on bar:
+// K-major, rows from `row`; MN-major, columns from `row` at rows r0 + r of slice `expert`.
+template <bool kMN>
+__device__ __forceinline__ void load_operand(uint8_t* dst, const CUtensorMap* map, const TileJob& job, int row,
+                                             uint32_t bytes, int r, uint64_t* bar) {
+  if constexpr (kMN)
+    for (uint32_t b = 0; b < bytes / 4096; ++b) tma_load_3d(dst + 4096 * b, map, row + 32 * b, job.r0 + r, job.expert, bar);
+  else
+    tma_load(dst, map, r, row, bar);
+}
+
+// Stores C(i, j) = acc (kZero: 0, a tile of depth 0; zeroing acc itself made ptxas spill it) for
+// i < rows, j < cols at c[i·ldc + j], straight from the registers as float2 (needs cols and ldc
+// even, c 8-byte aligned): a warp writes 8 rows × 32 bytes at a time.
+template <bool kZero>
 __device__ __forceinline__ void store_tile(const float (&acc)[kAcc], const TileJob& job) {
   const int lane = threadIdx.x % 32;
   const int i = threadIdx.x / 128 * 64 + threadIdx.x % 128 / 32 * 16 + lane / 4;
@@ -217,14 +338,15 @@ __device__ __forceinline__ void store_tile(const float (&acc)[kAcc], const TileJ
     for (int h = 0; h < 2; ++h)
       if (i + 8 * h < job.rows)
         *reinterpret_cast<float2*>(job.c + (i + 8 * h) * job.ldc + j + 8 * q) =
-            make_float2(acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]);
+            kZero ? make_float2(0.f, 0.f) : make_float2(acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]);
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // A persistent block's stream: tiles blockIdx.x, blockIdx.x + gridDim.x, … < num_tiles, job(tile)
-// giving each one's rows and output, all of the same depth (> 0); stage s of the stream is stage
-// s % num_k of its tile s / num_k, in slot s % kSlots, on pass s / kSlots over the ring.
+// giving each one's operands, depth and output (TileJob; A, B MN-major when kAMN, kBMN). The
+// stream's stages are the tiles' num_k = ⌈depth / 32⌉ stages in order (tiles of depth 0 have none
+// and store zeros); stage s is in slot s % kSlots, on pass s / kSlots over the ring.
 // smem: Layout<kP>::kSmemBytes − 1024 bytes, 1024-byte aligned.
 //
 // Producers, stage s: wait on raw_full; (bf16) wait on empty for stage s − 3, whose math slot it
@@ -234,14 +356,12 @@ __device__ __forceinline__ void store_tile(const float (&acc)[kAcc], const TileJ
 // for their wgmma of stage s − 1 and release it (empty); at a tile's end wait for all, release
 // stage s, store the tile. Every wait is for the phase of the slot's current pass; a pass-0 wait
 // on a barrier that guards a free slot asks for parity 1 and returns at once.
-template <Precision kP, class Job>
-__device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, int64_t depth, const Job& job,
-                                          const CUtensorMap* map_a, const CUtensorMap* map_b) {
+template <Precision kP, bool kAMN, bool kBMN, class Job>
+__device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, const Job& job, const CUtensorMap* map_a,
+                                          const CUtensorMap* map_b) {
   using L = Layout<kP>;
-  if (static_cast<int64_t>(blockIdx.x) >= num_tiles) return;
-  const int64_t num_k = (depth + kBK - 1) / kBK;
-  const int64_t stride = gridDim.x;
-  const int64_t stages = (num_tiles - blockIdx.x + stride - 1) / stride * num_k;
+  const auto num_k = [](const TileJob& t) { return (t.depth + kBK - 1) / kBK; };
+  const int stride = gridDim.x;
   uint64_t* const raw_full = L::barriers(smem);
   uint64_t* const full = raw_full + L::kSlots;
   uint64_t* const empty = full + L::kSlots;
@@ -258,37 +378,48 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, int6
   if (threadIdx.x >= kConsumers) {
     const int p = threadIdx.x - kConsumers;
     const bool leader = p == 0;
-    int64_t copy_tile = blockIdx.x, copy_k = 0;
-    TileJob copy_job = job(copy_tile);
-    auto copy = [&](int slot) {  // the next stage of the stream → raw slot (leader), then step on (all)
-      if (leader) {
-        uint8_t* raw = L::raw(smem, slot);
-        const int r = static_cast<int>(copy_k * kBK);
-        mbar_arrive_expect_tx(&raw_full[slot], L::kRawBytes);
-        tma_load(raw, map_a, r, copy_job.a_row, &raw_full[slot]);
-        tma_load(raw + kBM * L::kRawPitch, map_b, r, copy_job.b_row, &raw_full[slot]);
-      }
-      if (++copy_k == num_k) {
-        copy_k = 0, copy_tile += stride;
-        if (copy_tile < num_tiles) copy_job = job(copy_tile);
+    // The copy cursor: stage copy_k of tile copy_tile, the next to copy; copy_tile ≥ num_tiles at the end.
+    int64_t copy_tile = blockIdx.x;
+    int copy_k = 0;
+    TileJob copy_job;
+    const auto seek = [&] {  // from copy_tile on, the first tile with stages left
+      for (; copy_tile < num_tiles; copy_tile += stride, copy_k = 0) {
+        copy_job = job(copy_tile);
+        if (copy_k < num_k(copy_job)) return;
       }
     };
-    for (int t = 0; t < kAhead && t < stages; ++t) copy(t);
+    const auto copy = [&](int slot) {  // the cursor's stage → raw slot (leader), then step on (all)
+      if (leader) {
+        uint8_t* raw = L::raw(smem, slot);
+        const int r = copy_k * kBK;
+        const uint32_t a_bytes = operand_bytes<kAMN, kBM>(copy_job.rows);
+        const uint32_t b_bytes = operand_bytes<kBMN, kBN>(copy_job.cols);
+        mbar_arrive_expect_tx(&raw_full[slot], a_bytes + b_bytes);
+        load_operand<kAMN>(raw, map_a, copy_job, copy_job.a_row, a_bytes, r, &raw_full[slot]);
+        load_operand<kBMN>(raw + kBM * L::kRawPitch, map_b, copy_job, copy_job.b_row, b_bytes, r, &raw_full[slot]);
+      }
+      if (++copy_k == num_k(copy_job)) copy_tile += stride, copy_k = 0, seek();
+    };
+    seek();
+    for (int t = 0; t < kAhead && copy_tile < num_tiles; ++t) copy(t);
     int slot = 0, ahead = kAhead % L::kSlots;  // slots of stages s and s + kAhead
     uint32_t pass = 0, ahead_pass = kAhead / L::kSlots;
-    for (int64_t s = 0; s < stages; ++s) {
-      mbar_wait(&raw_full[slot], pass & 1);
-      if (!L::kInPlace) mbar_wait(&empty[slot], (pass & 1) ^ 1);
-      convert<kP>(L::raw(smem, slot), L::math(smem, slot), p);
-      fence_proxy_async();
-      mbar_arrive(&full[slot]);
-      if (!L::kInPlace) mbar_arrive(&raw_empty[slot]);
-      if (s + kAhead < stages) {
-        if (leader) mbar_wait(L::kInPlace ? &empty[ahead] : &raw_empty[ahead], (ahead_pass & 1) ^ 1);
-        copy(ahead);
+    for (int64_t tile = blockIdx.x; tile < num_tiles; tile += stride) {
+      const TileJob cur = job(tile);
+      for (int k = 0; k < num_k(cur); ++k) {
+        mbar_wait(&raw_full[slot], pass & 1);
+        if (!L::kInPlace) mbar_wait(&empty[slot], (pass & 1) ^ 1);
+        convert<kP, kAMN, kBMN>(L::raw(smem, slot), L::math(smem, slot), p, cur.depth - k * kBK);
+        fence_proxy_async();
+        mbar_arrive(&full[slot]);
+        if (!L::kInPlace) mbar_arrive(&raw_empty[slot]);
+        if (copy_tile < num_tiles) {
+          if (leader) mbar_wait(L::kInPlace ? &empty[ahead] : &raw_empty[ahead], (ahead_pass & 1) ^ 1);
+          copy(ahead);
+        }
+        if (++slot == L::kSlots) slot = 0, ++pass;
+        if (++ahead == L::kSlots) ahead = 0, ++ahead_pass;
       }
-      if (++slot == L::kSlots) slot = 0, ++pass;
-      if (++ahead == L::kSlots) ahead = 0, ++ahead_pass;
     }
     return;
   }
@@ -301,7 +432,12 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, int6
   uint32_t pass = 0;
   for (int64_t tile = blockIdx.x; tile < num_tiles; tile += stride) {
     const TileJob out = job(tile);
-    for (int64_t k = 0; k < num_k; ++k) {
+    const int nk = num_k(out);
+    if (nk == 0) {  // before the loop: a path that may read acc without a wgmma makes ptxas serialize them (C7518)
+      store_tile<true>(acc, out);
+      continue;
+    }
+    for (int k = 0; k < nk; ++k) {
       mbar_wait(&full[slot], pass & 1);
       const uint8_t* stage = L::math(smem, slot);
       const uint64_t desc_a = make_desc<kP>(stage + wg_rows), desc_b = make_desc<kP>(stage + kBM * L::kPitch);
@@ -318,7 +454,7 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, int6
     wgmma_wait<0>();
     fence_acc(acc);
     mbar_arrive(&empty[prev]);
-    store_tile(acc, out);
+    store_tile<false>(acc, out);
   }
 }
 

@@ -1,7 +1,7 @@
 // Grouped GEMMs of the MoE layer on the GPU (moe_cuda.h): a plan kernel computes the experts' row
 // ranges and tile prefix sums from group_sizes on the device; a persistent kernel walks all
 // experts' tiles (tile_scheduler.cuh) and runs the sm_80 tensor-core tile math (gemm_sm80.cuh), or
-// on compute capability 9.0 the wgmma tile math (gemm_sm90.cuh) for tf32 and bf16 forward.
+// on compute capability 9.0 the wgmma tile math (gemm_sm90.cuh) for tf32 and bf16.
 //
 //   forward  y[m, n]     = Σ_k x[m, k] · w[g(m), n, k]     A = x (K-major), B = w[e] (K-major)
 //   dX       y[m, n]     = Σ_k x[m, k] · w[g(m), k, n]     A = x (K-major), B = w[e] (MN-major)
@@ -117,25 +117,41 @@ __global__ void __launch_bounds__(Shape::kThreads) grouped_gemm_kernel(const Gem
   }
 }
 
-// sm_90a forward (tf32, bf16): the same schedule over 128 × 256 tiles, wgmma tile math, operands
-// by TMA: map_x over x [M, K], map_w over w as [E·N, K]. Needs K > 0, K % 4 == 0, N % 4 == 0,
-// 16-byte aligned x, w, y, and M, E·N < 2³¹ (gemm_sm90.cuh).
-template <Precision kP>
+// sm_90a (tf32, bf16): the same schedules over 128 × 256 tiles, wgmma tile math, operands by TMA.
+// Forward: map_a over x [M, K], map_b over w as [E·N, K]. dX: map_b over w as [E, K, N]. dW
+// (tiles of dw[e] [N, K], r over the expert's rows): map_a over dy as [1, M, N], map_b over x as
+// [1, M, K]. Needs K, N % 4 == 0, 16-byte aligned x, w (dy), y (dw), coordinates below 2³¹.
+template <Precision kP, Op kOp>
 __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
-    grouped_gemm_sm90_kernel(const GemmArgs args, const __grid_constant__ CUtensorMap map_x,
-                             const __grid_constant__ CUtensorMap map_w) {
+    grouped_gemm_sm90_kernel(const GemmArgs args, const __grid_constant__ CUtensorMap map_a,
+                             const __grid_constant__ CUtensorMap map_b) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   namespace g90 = gemm::sm90;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + (1024 - gemm::smem_addr(smem_raw) % 1024) % 1024;  // the swizzles need 1024
-  // y[row0 + i, col0 + j] = Σ_k x[row0 + i, k] · w[e, col0 + j, k]
-  const auto job = [&](int64_t tile) {
-    const RowTile t = gemm::row_tile(args.plan, tile, g90::kBM, g90::kBN, args.tiles_n);
-    const int cols = static_cast<int>(min(args.N - t.col0, static_cast<int64_t>(g90::kBN)));
-    return g90::TileJob{static_cast<int>(t.row0), static_cast<int>(t.expert * args.N + t.col0),
-                        args.out + t.row0 * args.N + t.col0, args.N, t.rows, cols};
-  };
-  g90::run_tiles<kP>(smem, args.plan.tile_start[args.E], args.K, job, &map_x, &map_w);
+  if constexpr (kOp == Op::kGradWeight) {
+    // dw[e, n0 + i, k0 + j] = Σ_{r < rows_e} dy[row0 + r, n0 + i] · x[row0 + r, k0 + j]
+    const auto job = [&](int64_t tile) {
+      const ExpertTile t = gemm::expert_tile(args.plan, tile, g90::kBM, g90::kBN, args.tiles_n, args.tiles_k);
+      const int rows = static_cast<int>(min(args.N - t.n0, static_cast<int64_t>(g90::kBM)));
+      const int cols = static_cast<int>(min(args.K - t.k0, static_cast<int64_t>(g90::kBN)));
+      return g90::TileJob{static_cast<int>(t.n0), static_cast<int>(t.k0), 0, static_cast<int>(t.row0),
+                          static_cast<int>(t.rows), args.out + (t.expert * args.N + t.n0) * args.K + t.k0, args.K,
+                          rows, cols};
+    };
+    g90::run_tiles<kP, true, true>(smem, args.E * args.tiles_n * args.tiles_k, job, &map_a, &map_b);
+  } else {
+    // y[row0 + i, col0 + j] = Σ_k x[row0 + i, k] · w[e, col0 + j, k]   (dX: w[e, k, col0 + j])
+    constexpr bool kTransposed = kOp == Op::kForwardTransposed;
+    const auto job = [&](int64_t tile) {
+      const RowTile t = gemm::row_tile(args.plan, tile, g90::kBM, g90::kBN, args.tiles_n);
+      const int cols = static_cast<int>(min(args.N - t.col0, static_cast<int64_t>(g90::kBN)));
+      const int b_row = static_cast<int>(kTransposed ? t.col0 : t.expert * args.N + t.col0);
+      return g90::TileJob{static_cast<int>(t.row0), b_row, static_cast<int>(t.expert), 0, static_cast<int>(args.K),
+                          args.out + t.row0 * args.N + t.col0, args.N, t.rows, cols};
+    };
+    g90::run_tiles<kP, false, kTransposed>(smem, args.plan.tile_start[args.E], job, &map_a, &map_b);
+  }
 #else
   __trap();  // launched only on devices of compute capability 9.0, which run the sm_90a image
 #endif
@@ -217,10 +233,12 @@ cudaError_t run(GemmArgs args, const int32_t* group_sizes, bool vec4, int sms, c
   });
 }
 
-// A TMA descriptor of rows × depth float32 at base (row-major, depth % 4 == 0, 16-byte aligned):
-// boxes of 32 × box_rows, 128-byte swizzled, zeros outside. The driver's encoder is looked up once
-// through the runtime (no link to libcuda); false where the driver lacks it.
-bool encode_tma(CUtensorMap* map, const float* base, int64_t rows, int64_t depth, int box_rows) {
+// A TMA descriptor of float32 at base (16-byte aligned): extents dims (dims[0] contiguous, a
+// multiple of 4), byte pitches of dims 1.. in pitches, boxes of box (box[0] = 32: 128 bytes),
+// 128-byte swizzled, zeros outside. The driver's encoder is looked up once through the runtime
+// (no link to libcuda); false where the driver lacks it.
+bool encode_tma(CUtensorMap* map, const float* base, cuuint32_t rank, const cuuint64_t* dims,
+                const cuuint64_t* pitches, const cuuint32_t* box) {
   static const auto encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found{};
@@ -230,31 +248,61 @@ bool encode_tma(CUtensorMap* map, const float* base, int64_t rows, int64_t depth
     return err == cudaSuccess && found == cudaDriverEntryPointSuccess ? reinterpret_cast<Encode>(fn) : nullptr;
   }();
   if (!encode) return false;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(depth), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(depth) * sizeof(float)};
-  const cuuint32_t box[2] = {gemm::sm90::kBK, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t steps[2] = {1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, const_cast<float*>(base), dims, strides, box, steps,
+  const cuuint32_t steps[3] = {1, 1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, rank, const_cast<float*>(base), dims, pitches, box, steps,
                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <Precision kP>
-cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_x, const CUtensorMap& map_w, const int32_t* group_sizes,
+// rows × depth, row-major: boxes of 32 × box_rows (x; w in the forward pass).
+bool encode_tma_rows(CUtensorMap* map, const float* base, int64_t rows, int64_t depth, int box_rows) {
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(depth), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t pitches[1] = {static_cast<cuuint64_t>(depth) * sizeof(float)};
+  const cuuint32_t box[2] = {gemm::sm90::kBK, static_cast<cuuint32_t>(box_rows)};
+  return encode_tma(map, base, 2, dims, pitches, box);
+}
+
+// [E, K, N] (w of dX; dy, x of dW with E = 1): boxes of 32 columns × 32 k × 1, so that k past K reads zeros.
+bool encode_tma_kn(CUtensorMap* map, const float* w, int64_t E, int64_t K, int64_t N) {
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(N), static_cast<cuuint64_t>(K), static_cast<cuuint64_t>(E)};
+  const cuuint64_t pitches[2] = {static_cast<cuuint64_t>(N) * sizeof(float), static_cast<cuuint64_t>(K * N) * sizeof(float)};
+  const cuuint32_t box[3] = {32, gemm::sm90::kBK, 1};
+  return encode_tma(map, w, 3, dims, pitches, box);
+}
+
+template <Precision kP, Op kOp>
+cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_a, const CUtensorMap& map_b, const int32_t* group_sizes,
                      int sms, cudaStream_t stream) {
   namespace g90 = gemm::sm90;
-  args.tiles_n = (args.N + g90::kBN - 1) / g90::kBN;
-  args.tiles_k = 0;
-  const int64_t max_tiles = ((args.M + g90::kBM - 1) / g90::kBM + args.E) * args.tiles_n;
-  return with_plan(args, group_sizes, g90::kBM, stream, [&](const GemmArgs& planned) {
-    const auto kernel = grouped_gemm_sm90_kernel<kP>;
+  int64_t max_tiles;  // a bound on the tiles, to size the grid
+  int plan_bm;
+  if constexpr (kOp == Op::kGradWeight) {
+    args.tiles_n = (args.N + g90::kBM - 1) / g90::kBM;
+    args.tiles_k = (args.K + g90::kBN - 1) / g90::kBN;
+    max_tiles = args.E * args.tiles_n * args.tiles_k;
+    plan_bm = 0;
+  } else {
+    args.tiles_n = (args.N + g90::kBN - 1) / g90::kBN;
+    args.tiles_k = 0;
+    max_tiles = ((args.M + g90::kBM - 1) / g90::kBM + args.E) * args.tiles_n;
+    plan_bm = g90::kBM;
+  }
+  return with_plan(args, group_sizes, plan_bm, stream, [&](const GemmArgs& planned) {
+    const auto kernel = grouped_gemm_sm90_kernel<kP, kOp>;
     constexpr size_t kSmem = g90::Layout<kP>::kSmemBytes;
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     if (err != cudaSuccess) return err;
-    kernel<<<static_cast<unsigned>(std::min<int64_t>(max_tiles, sms)), g90::kThreads, kSmem, stream>>>(planned, map_x,
-                                                                                                     map_w);
+    kernel<<<static_cast<unsigned>(std::min<int64_t>(max_tiles, sms)), g90::kThreads, kSmem, stream>>>(planned, map_a,
+                                                                                                     map_b);
     return cudaGetLastError();
   });
+}
+
+template <Op kOp>
+cudaError_t run_sm90(const GemmArgs& args, const CUtensorMap& map_a, const CUtensorMap& map_b,
+                     const int32_t* group_sizes, Precision precision, int sms, cudaStream_t stream) {
+  return precision == Precision::kTf32 ? run_sm90<Precision::kTf32, kOp>(args, map_a, map_b, group_sizes, sms, stream)
+                                       : run_sm90<Precision::kBf16, kOp>(args, map_a, map_b, group_sizes, sms, stream);
 }
 
 template <Op kOp, Precision kP>
@@ -294,14 +342,19 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
   const bool vec4 = K % 4 == 0 && (!transpose_weight || N % 4 == 0) && aligned(x, 16) && aligned(w, 16);
   // The sm_90a path where it was measured faster (H100): tiles at least as wide as its 256 columns,
   // and outside the shallow-and-wide corner (K < 512, N > 1024) where storing y dominates and the
-  // sm_80 path's staged 16-byte row stores win.
-  const bool sm90_shape = N >= gemm::sm90::kBN && K >= 64 && (K >= 512 || N <= 1024);
+  // sm_80 path's staged 16-byte row stores win. dX in bf16 also needs a mean of 256 rows per
+  // expert (at 128 it measured 2 % slower: ragged row tiles; E = 128).
+  const bool sm90_shape = N >= gemm::sm90::kBN && K >= 64 && (K >= 512 || N <= 1024) &&
+                          (!transpose_weight || precision == Precision::kTf32 || M >= 256 * E);
+  const int64_t kCoord = int64_t{1} << 31;  // TMA coordinates are 32-bit
   CUtensorMap map_x, map_w;
-  if (capability == 90 && !transpose_weight && (precision == Precision::kTf32 || precision == Precision::kBf16) &&
-      sm90_shape && vec4 && args.out_vec4 && M < (int64_t{1} << 31) && E * N < (int64_t{1} << 31) &&
-      encode_tma(&map_x, x, M, K, gemm::sm90::kBM) && encode_tma(&map_w, w, E * N, K, gemm::sm90::kBN)) {
-    return precision == Precision::kTf32 ? run_sm90<Precision::kTf32>(args, map_x, map_w, group_sizes, sms, stream)
-                                         : run_sm90<Precision::kBf16>(args, map_x, map_w, group_sizes, sms, stream);
+  if (capability == 90 && (precision == Precision::kTf32 || precision == Precision::kBf16) && sm90_shape && vec4 &&
+      args.out_vec4 && std::max({M, K, N, E, transpose_weight ? 0 : E * N}) < kCoord &&
+      encode_tma_rows(&map_x, x, M, K, gemm::sm90::kBM)) {
+    if (transpose_weight && encode_tma_kn(&map_w, w, E, K, N))
+      return run_sm90<Op::kForwardTransposed>(args, map_x, map_w, group_sizes, precision, sms, stream);
+    if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, gemm::sm90::kBN))
+      return run_sm90<Op::kForward>(args, map_x, map_w, group_sizes, precision, sms, stream);
   }
   return transpose_weight ? run<Op::kForwardTransposed>(args, group_sizes, precision, vec4, sms, stream)
                           : run<Op::kForward>(args, group_sizes, precision, vec4, sms, stream);
@@ -315,14 +368,22 @@ cudaError_t grouped_gemm_grad_weight(const float* x, const float* dy, const int3
       (E > 0 && N > 0 && K > 0 && !dw))
     return cudaErrorInvalidValue;
   if (E == 0 || N == 0 || K == 0) return cudaSuccess;  // dw is empty
-  int sms = 0;
-  cudaError_t err = device_sms(&sms);
+  int sms = 0, capability = 0;
+  cudaError_t err = device_sms(&sms, &capability);
   if (err != cudaSuccess) return err;
 
   GemmArgs args{};
   args.x = x, args.w = dy, args.out = dw, args.M = M, args.K = K, args.N = N, args.E = E;
   args.out_vec4 = K % 4 == 0 && aligned(dw, 16);
   const bool vec4 = K % 4 == 0 && N % 4 == 0 && aligned(x, 16) && aligned(dy, 16);
+  // The sm_90a path where it was measured faster (H100, E = 128): N, K ≥ 256, and a mean of 256
+  // (bf16) or 128 (tf32) rows per expert, the depth of each tile (at 32 rows: 12 % slower).
+  const bool sm90_shape = N >= 256 && K >= 256 && M >= (precision == Precision::kBf16 ? 256 : 128) * E;
+  CUtensorMap map_dy, map_x;
+  if (capability == 90 && (precision == Precision::kTf32 || precision == Precision::kBf16) && sm90_shape && vec4 &&
+      args.out_vec4 && std::max({M, K, N}) < (int64_t{1} << 31) && encode_tma_kn(&map_dy, dy, 1, M, N) &&
+      encode_tma_kn(&map_x, x, 1, M, K))
+    return run_sm90<Op::kGradWeight>(args, map_dy, map_x, group_sizes, precision, sms, stream);
   return run<Op::kGradWeight>(args, group_sizes, precision, vec4, sms, stream);
 }
 
