@@ -163,6 +163,50 @@ void GroupedGemm(const Napi::CallbackInfo& info) {
         "groupedGemm");
 }
 
+// NF4 experts of n = N·K values each: their bytes and absmax per expert, checked before any launch.
+struct Nf4Sizes {
+  int64_t bytes, blocks;
+};
+
+Nf4Sizes nf4_sizes(const Napi::CallbackInfo& info, int64_t n, int64_t E, size_t blocksize_arg) {
+  const int64_t block = dim(info, blocksize_arg, "blocksize");
+  if (block < 32 || block > 4096 || (block & (block - 1)) != 0)
+    throw Napi::RangeError::New(info.Env(), "blocksize must be a power of two in [32, 4096], got " + std::to_string(block));
+  if (n < 0) throw Napi::RangeError::New(info.Env(), "the weight has more than 2^63 values");
+  if (E > 1 && n % 2 != 0)
+    throw Napi::RangeError::New(info.Env(), "stacked NF4 experts need an even number of values each, got " + std::to_string(n));
+  return {(n + 1) / 2, (n + block - 1) / block};
+}
+
+// groupedGemmNf4(x, packed, absmax, groupSizes, y, M, K, N, E, blocksize, transposeWeight, precision)
+void GroupedGemmNf4(const Napi::CallbackInfo& info) {
+  const int64_t M = dim(info, 5, "M"), K = dim(info, 6, "K"), N = dim(info, 7, "N"), E = dim(info, 8, "E");
+  const Nf4Sizes sizes = nf4_sizes(info, product(N, K), E, 9);
+  const bool transpose = info[10].ToBoolean();
+  const auto p = precision(info, 11);
+  const float* x = device<float>(info, 0, "x", product(M, K));
+  const uint8_t* packed = device<uint8_t>(info, 1, "packed", product(E, sizes.bytes));
+  const float* absmax = device<float>(info, 2, "absmax", product(E, sizes.blocks));
+  const int32_t* g = device<int32_t>(info, 3, "groupSizes", E);
+  float* y = device<float>(info, 4, "output", product(M, N));
+  check(info.Env(),
+        moe::cuda::grouped_gemm_nf4(x, packed, absmax, g, y, M, K, N, E, static_cast<int>(dim(info, 9, "blocksize")),
+                                    transpose, p, stream(info.Env())),
+        "groupedGemmNf4");
+}
+
+// nf4Dequantize(packed, absmax, E, n, blocksize, out)
+void Nf4Dequantize(const Napi::CallbackInfo& info) {
+  const int64_t E = dim(info, 2, "E"), n = dim(info, 3, "n");
+  const Nf4Sizes sizes = nf4_sizes(info, n, E, 4);
+  const uint8_t* packed = device<uint8_t>(info, 0, "packed", product(E, sizes.bytes));
+  const float* absmax = device<float>(info, 1, "absmax", product(E, sizes.blocks));
+  float* out = device<float>(info, 5, "output", product(E, n));
+  check(info.Env(),
+        moe::cuda::nf4_dequantize(packed, absmax, E, n, static_cast<int>(dim(info, 4, "blocksize")), out, stream(info.Env())),
+        "nf4Dequantize");
+}
+
 // groupedGemmGradWeight(x, dy, groupSizes, dw, M, K, N, E, precision)
 void GroupedGemmGradWeight(const Napi::CallbackInfo& info) {
   const int64_t M = dim(info, 4, "M"), K = dim(info, 5, "K"), N = dim(info, 6, "N"), E = dim(info, 7, "E");
@@ -292,6 +336,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
                 return classes(info.Env()).event.New({});
               }));
   exports.Set("groupedGemm", Napi::Function::New(env, GroupedGemm));
+  exports.Set("groupedGemmNf4", Napi::Function::New(env, GroupedGemmNf4));
+  exports.Set("nf4Dequantize", Napi::Function::New(env, Nf4Dequantize));
   exports.Set("groupedGemmGradWeight", Napi::Function::New(env, GroupedGemmGradWeight));
   exports.Set("routeTopK", Napi::Function::New(env, RouteTopK));
   exports.Set("sortByExpert", Napi::Function::New(env, SortByExpert));

@@ -128,6 +128,9 @@ struct Operand {
 // operand; cp.async reads none of it (src-size 0).
 template <int kRows, bool kKMajor, int kVec, int kThreads>
 struct OperandCopier {
+  using Source = Operand;
+  static constexpr bool kDecoded = false;                            // copies land in the stage as they are
+  static constexpr int kSlotFloats = OperandTile<kRows, kKMajor>::kFloats;  // its part of a stage
   static constexpr int kLines = kKMajor ? kRows : kBK;
   static constexpr int kPerLine = (kKMajor ? kBK : kRows) / kVec;  // chunks along a line
   static constexpr int kLineStep = kThreads / kPerLine;
@@ -306,20 +309,26 @@ __device__ __forceinline__ void mma_step(float (&acc)[kMmaM][kMmaN][4], const St
 // ---------------------------------------------------------------------------------------------
 // The mainloop of one tile: acc[mt][nt] = the warp's C(i, j) over r < depth, in the m16n8 C layout
 // (acc[mt][nt][0..3] = C(g, 2t), C(g, 2t+1), C(g+8, 2t), C(g+8, 2t+1) of the m16n8 tile).
-// Shared memory holds kStages stages of A then B; on return every thread is done with it.
+// Shared memory holds kStages stages of A then B's slot; on return every thread is done with it.
+// B is copied by CopyB: float32 by cp.async straight into the stage (OperandCopier), or, when
+// CopyB::kDecoded (NF4, nf4_operand.cuh), its raw form by cp.async into the stage and decoded from
+// there into one float32 tile after the stages, once per k-step.
 
-template <class Shape, bool kAKMajor, bool kBKMajor>
-constexpr int kStageFloats =
-    OperandTile<Shape::kBM, kAKMajor>::kFloats + OperandTile<Shape::kBN, kBKMajor>::kFloats;
+template <class Shape, bool kAKMajor, class CopyB>
+constexpr int kStageFloats = OperandTile<Shape::kBM, kAKMajor>::kFloats + CopyB::kSlotFloats;
 
-template <class Shape, bool kAKMajor, bool kBKMajor>
-constexpr size_t kSmemBytes = sizeof(float) * Shape::kStages * kStageFloats<Shape, kAKMajor, kBKMajor>;
+template <class Shape, bool kAKMajor, class CopyB>
+constexpr size_t kSmemBytes = sizeof(float) * (Shape::kStages * kStageFloats<Shape, kAKMajor, CopyB> +
+                                               (CopyB::kDecoded ? CopyB::Tile::kFloats : 0));
 
-template <class Shape, bool kAKMajor, bool kBKMajor, Precision kP, int kVec>
+template <class Shape, bool kBKMajor, int kVec>
+using FloatCopier = OperandCopier<Shape::kBN, kBKMajor, kVec, Shape::kThreads>;
+
+template <class Shape, bool kAKMajor, bool kBKMajor, Precision kP, int kVec, class CopyB = FloatCopier<Shape, kBKMajor, kVec>>
 __device__ __forceinline__ void mainloop(float (&acc)[Shape::kMmaM][Shape::kMmaN][4], float* smem, const Operand& a,
-                                         const Operand& b, int64_t depth) {
+                                         const typename CopyB::Source& b, int64_t depth) {
   constexpr int kAFloats = OperandTile<Shape::kBM, kAKMajor>::kFloats;
-  constexpr int kStage = kStageFloats<Shape, kAKMajor, kBKMajor>;
+  constexpr int kStage = kStageFloats<Shape, kAKMajor, CopyB>;
   constexpr int kS = Shape::kStages;
   const int warp = threadIdx.x / 32;
   const int i0 = warp / Shape::kWarpsN * Shape::kWarpM, j0 = warp % Shape::kWarpsN * Shape::kWarpN;
@@ -333,7 +342,7 @@ __device__ __forceinline__ void mainloop(float (&acc)[Shape::kMmaM][Shape::kMmaN
 
   const int64_t num_k = (depth + kBK - 1) / kBK;
   OperandCopier<Shape::kBM, kAKMajor, kVec, Shape::kThreads> copy_a(a, depth);
-  OperandCopier<Shape::kBN, kBKMajor, kVec, Shape::kThreads> copy_b(b, depth);
+  CopyB copy_b(b, depth);
   auto load_stage = [&](int slot) {  // the next stage, in order
     float* s = smem + slot * kStage;
     copy_a.copy(s);
@@ -360,6 +369,12 @@ __device__ __forceinline__ void mainloop(float (&acc)[Shape::kMmaM][Shape::kMmaN
 
     const float* sa = smem + read_slot * kStage;
     const float* sb = sa + kAFloats;
+    if constexpr (CopyB::kDecoded) {
+      float* tile = smem + kS * kStage;  // the previous k-step's MMAs are done with it (barrier above)
+      copy_b.decode(sb, tile, kt);
+      __syncthreads();
+      sb = tile;
+    }
 #pragma unroll
     for (int r0 = 0; r0 < kBK; r0 += kStepDepth<kP>) {
       StepOperands<kMmaM, kMmaN> ops;

@@ -17,6 +17,7 @@
 #include "gemm_sm80.cuh"
 #include "gemm_sm90.cuh"
 #include "moe_cuda.h"
+#include "nf4_operand.cuh"
 #include "tile_scheduler.cuh"
 
 namespace moe::cuda {
@@ -27,11 +28,14 @@ using gemm::Operand;
 using gemm::Plan;
 using gemm::RowTile;
 
-enum class Op { kForward, kForwardTransposed, kGradWeight };
+// kForwardNf4 / kForwardTransposedNf4: the same products with w in NF4 (nf4_operand.cuh).
+enum class Op { kForward, kForwardTransposed, kGradWeight, kForwardNf4, kForwardTransposedNf4 };
 template <Op kOp>
 constexpr bool kAKMajor = kOp != Op::kGradWeight;
 template <Op kOp>
-constexpr bool kBKMajor = kOp == Op::kForward;
+constexpr bool kBKMajor = kOp == Op::kForward || kOp == Op::kForwardNf4;
+template <Op kOp>
+constexpr bool kNf4 = kOp == Op::kForwardNf4 || kOp == Op::kForwardTransposedNf4;
 
 // Tile shapes (sm_80 path), all within the 99 KB of shared memory that every sm_80+ part lets a
 // block have. Wide: 128 × 128 outputs per block, 3 stages (96 KB); tf32 and bf16 take 4 warps of
@@ -73,6 +77,11 @@ __global__ void __launch_bounds__(kPlanThreads) plan_kernel(const int32_t* group
   }
 }
 
+// How a pipeline stage gets B: float32 copies, or NF4 codes decoded in shared memory.
+template <class Shape, Op kOp, int kVec>
+using CopyBFor = std::conditional_t<kNf4<kOp>, gemm::Nf4Copier<Shape::kBN, kBKMajor<kOp>, Shape::kThreads>,
+                                    gemm::FloatCopier<Shape, kBKMajor<kOp>, kVec>>;
+
 struct GemmArgs {
   const float* x;  // [M, K]
   const float* w;  // w [E, N, K] (forward), w [E, K, N] (dX), or dy [M, N] (dW)
@@ -81,6 +90,12 @@ struct GemmArgs {
   int64_t tiles_n, tiles_k;  // column blocks of y (forward, dX); n and k blocks of dw[e] (dW)
   Plan plan;
   bool out_vec4;  // rows of the output take 16-byte stores
+  // NF4 weights (kNf4 ops; w unused): expert e's codes at nf4 + e·nf4_bytes, absmax at absmax + e·nf4_blocks.
+  const uint8_t* nf4;
+  const float* absmax;
+  int64_t nf4_bytes, nf4_blocks;
+  int log2_block;
+  bool nf4_aligned;  // 8 codes of a row chunk are one aligned 32-bit word
 };
 
 // Persistent: block b runs tiles b, b + gridDim.x, … of all experts.
@@ -88,6 +103,11 @@ template <class Shape, Op kOp, Precision kP, int kVec>
 __global__ void __launch_bounds__(Shape::kThreads) grouped_gemm_kernel(const GemmArgs args) {
   extern __shared__ float4 smem_f4[];
   float* smem = reinterpret_cast<float*>(smem_f4);
+  __shared__ float nf4_code[kNf4<kOp> ? 16 : 1];
+  if constexpr (kNf4<kOp>) {
+    if (threadIdx.x < 16) nf4_code[threadIdx.x] = gemm::kNf4Code[threadIdx.x];
+    __syncthreads();
+  }
   constexpr int kBM = Shape::kBM, kBN = Shape::kBN;
   const int64_t num_tiles =
       kOp == Op::kGradWeight ? args.E * args.tiles_n * args.tiles_k : args.plan.tile_start[args.E];
@@ -107,11 +127,18 @@ __global__ void __launch_bounds__(Shape::kThreads) grouped_gemm_kernel(const Gem
       // y[row0 + i, col0 + j] = Σ_k x[row0 + i, k] · w[e, col0 + j, k]   (or w[e, k, col0 + j])
       const RowTile t = gemm::row_tile(args.plan, tile, kBM, kBN, args.tiles_n);
       const int cols = static_cast<int>(min(args.N - t.col0, static_cast<int64_t>(kBN)));
-      const float* w = args.w + t.expert * args.N * args.K;
       const Operand a{args.x + t.row0 * args.K, args.K, t.rows};
-      const Operand b = kOp == Op::kForward ? Operand{w + t.col0 * args.K, args.K, cols}
-                                            : Operand{w + t.col0, args.N, cols};
-      gemm::mainloop<Shape, kAKMajor<kOp>, kBKMajor<kOp>, kP, kVec>(acc, smem, a, b, args.K);
+      if constexpr (kNf4<kOp>) {
+        const gemm::Nf4Operand b{args.nf4 + t.expert * args.nf4_bytes, args.absmax + t.expert * args.nf4_blocks,
+                                 nf4_code, kBKMajor<kOp> ? args.K : args.N, t.col0, cols, args.log2_block,
+                                 args.nf4_aligned};
+        gemm::mainloop<Shape, true, kBKMajor<kOp>, kP, kVec, CopyBFor<Shape, kOp, kVec>>(acc, smem, a, b, args.K);
+      } else {
+        const float* w = args.w + t.expert * args.N * args.K;
+        const Operand b = kOp == Op::kForward ? Operand{w + t.col0 * args.K, args.K, cols}
+                                              : Operand{w + t.col0, args.N, cols};
+        gemm::mainloop<Shape, kAKMajor<kOp>, kBKMajor<kOp>, kP, kVec>(acc, smem, a, b, args.K);
+      }
       gemm::store_tile<Shape>(acc, smem, args.out + t.row0 * args.N + t.col0, args.N, t.rows, cols, args.out_vec4);
     }
   }
@@ -179,7 +206,7 @@ cudaError_t device_sms(int* sms, int* capability = nullptr) {
 template <class Shape, Op kOp, Precision kP, int kVec>
 cudaError_t launch_gemm(const GemmArgs& args, int64_t max_tiles, int sms, cudaStream_t stream) {
   const auto kernel = grouped_gemm_kernel<Shape, kOp, kP, kVec>;
-  constexpr size_t kSmem = std::max(gemm::kSmemBytes<Shape, kAKMajor<kOp>, kBKMajor<kOp>>,
+  constexpr size_t kSmem = std::max(gemm::kSmemBytes<Shape, kAKMajor<kOp>, CopyBFor<Shape, kOp, kVec>>,
                                     sizeof(float) * gemm::kEpilogueFloats<Shape>);
   static_assert(kSmem <= 99 * 1024, "sm_86 and sm_89 give a block at most 99 KB");
   cudaError_t err = cudaSuccess;
@@ -358,6 +385,33 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
   }
   return transpose_weight ? run<Op::kForwardTransposed>(args, group_sizes, precision, vec4, sms, stream)
                           : run<Op::kForward>(args, group_sizes, precision, vec4, sms, stream);
+}
+
+cudaError_t grouped_gemm_nf4(const float* x, const uint8_t* packed, const float* absmax, const int32_t* group_sizes,
+                             float* y, int64_t M, int64_t K, int64_t N, int64_t E, int blocksize, bool transpose_weight,
+                             Precision precision, cudaStream_t stream) {
+  const int log2_block = blocksize > 0 ? __builtin_ctz(static_cast<unsigned>(blocksize)) : 0;
+  if (M < 0 || K < 0 || N < 0 || E < 0 || !valid_precision(precision) || blocksize < 32 || blocksize > 4096 ||
+      (blocksize & (blocksize - 1)) != 0 || (E > 1 && N * K % 2 != 0))
+    return cudaErrorInvalidValue;
+  if ((M > 0 && K > 0 && !x) || (E > 0 && N > 0 && K > 0 && (!packed || !absmax)) || (E > 0 && !group_sizes) ||
+      (M > 0 && N > 0 && !y))
+    return cudaErrorInvalidValue;
+  if (M == 0 || N == 0 || E == 0) return cudaSuccess;
+  int sms = 0;
+  cudaError_t err = device_sms(&sms);
+  if (err != cudaSuccess) return err;
+
+  GemmArgs args{};
+  args.x = x, args.out = y, args.M = M, args.K = K, args.N = N, args.E = E;
+  args.out_vec4 = N % 4 == 0 && aligned(y, 16);
+  args.nf4 = packed, args.absmax = absmax, args.log2_block = log2_block;
+  args.nf4_bytes = (N * K + 1) / 2, args.nf4_blocks = (N * K + blocksize - 1) / blocksize;
+  // Rows of w (K long, or N when transposed) start on 8-code boundaries in every expert.
+  args.nf4_aligned = aligned(packed, 4) && args.nf4_bytes % 4 == 0 && (transpose_weight ? N : K) % 8 == 0;
+  const bool vec4 = K % 4 == 0 && aligned(x, 16);
+  return transpose_weight ? run<Op::kForwardTransposedNf4>(args, group_sizes, precision, vec4, sms, stream)
+                          : run<Op::kForwardNf4>(args, group_sizes, precision, vec4, sms, stream);
 }
 
 cudaError_t grouped_gemm_grad_weight(const float* x, const float* dy, const int32_t* group_sizes, float* dw,

@@ -33,6 +33,19 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
                          int64_t K, int64_t N, int64_t E, bool transpose_weight, Precision precision,
                          cudaStream_t stream);
 
+// grouped_gemm with w in NF4 (bitsandbytes' 4-bit format, src/quant/nf4.ts): expert e's N·K values
+// (w[e] [N, K], or [K, N] when transpose_weight) are ⌈N·K/2⌉ bytes at packed + e·⌈N·K/2⌉ (value f in
+// byte f/2, high nibble for even f) and ⌈N·K/blocksize⌉ float32 absmax at absmax + e·⌈N·K/blocksize⌉;
+// w(f) = code[nibble] · absmax[f / blocksize]. Decoded while the tiles are loaded: no float copy of w.
+// blocksize a power of two in [32, 4096]; N·K even when E > 1.
+cudaError_t grouped_gemm_nf4(const float* x, const uint8_t* packed, const float* absmax, const int32_t* group_sizes,
+                             float* y, int64_t M, int64_t K, int64_t N, int64_t E, int blocksize, bool transpose_weight,
+                             Precision precision, cudaStream_t stream);
+
+// The same NF4 experts dequantised: out [E, n] float32, n = N·K values per expert.
+cudaError_t nf4_dequantize(const uint8_t* packed, const float* absmax, int64_t E, int64_t n, int blocksize,
+                           float* out, cudaStream_t stream);
+
 // dw[e, n, k] = Σ_{m in e} dy[m, n] · x[m, k]; x [M, K], dy [M, N], dw [E, N, K]. Experts without
 // rows get zeros. Deterministic: each element is reduced by one thread in a fixed order.
 cudaError_t grouped_gemm_grad_weight(const float* x, const float* dy, const int32_t* group_sizes, float* dw,

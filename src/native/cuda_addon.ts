@@ -22,7 +22,7 @@ export interface CudaEvent {
   elapsedMs(start: CudaEvent): number;
 }
 
-type Host = Float32Array | Int32Array;
+type Host = Float32Array | Int32Array | Uint8Array;
 
 export interface CudaAddon {
   version: string;
@@ -38,6 +38,15 @@ export interface CudaAddon {
   /** y = x · w[g]ᵀ (w [E, N, K]), or x · w[g] (w [E, K, N]) when transposeWeight. */
   groupedGemm(x: DeviceBuffer, w: DeviceBuffer, groupSizes: DeviceBuffer, y: DeviceBuffer, M: number, K: number,
               N: number, E: number, transposeWeight: boolean, precision: Precision): void;
+  /**
+   * groupedGemm with w in NF4: packed holds each expert's ⌈N·K/2⌉ code bytes (nf4.ts layout; upload
+   * the Uint8Array, or int32 words), absmax ⌈N·K/blocksize⌉ float32 per expert; decoded inside the GEMM.
+   */
+  groupedGemmNf4(x: DeviceBuffer, packed: DeviceBuffer, absmax: DeviceBuffer, groupSizes: DeviceBuffer, y: DeviceBuffer,
+                 M: number, K: number, N: number, E: number, blocksize: number, transposeWeight: boolean,
+                 precision: Precision): void;
+  /** The NF4 experts as float32: out [E, n], n values each. */
+  nf4Dequantize(packed: DeviceBuffer, absmax: DeviceBuffer, E: number, n: number, blocksize: number, out: DeviceBuffer): void;
   /** dw[e] = dy_eᵀ · x_e, dw [E, N, K]. */
   groupedGemmGradWeight(x: DeviceBuffer, dy: DeviceBuffer, groupSizes: DeviceBuffer, dw: DeviceBuffer, M: number,
                         K: number, N: number, E: number, precision: Precision): void;
