@@ -8,9 +8,9 @@
  */
 import * as fs from 'fs';
 
-import {cudaAddon, DeviceBuffer, Precision} from '../src/native/cuda_addon';
+import {Precision} from '../src/native/cuda_addon';
+import {device, gpu, medianMs, SETS} from './gpu_timing';
 
-const gpu = cudaAddon();
 const E = 128;
 const SHAPES = [
   {name: 'gate/up', K: 2048, N: 768}, {name: 'down', K: 768, N: 2048},
@@ -18,7 +18,6 @@ const SHAPES = [
 ];
 const ROWS = (process.env.BENCH_ROWS ?? '16384,65536').split(',').map(Number);
 const PRECISIONS: Precision[] = ['tf32', 'bf16', 'highest'];
-const REPS = 25, SETS = 3;
 const baselines: Record<string, Record<string, number | null>> =
     process.env.GPU_BASELINES ? JSON.parse(fs.readFileSync(process.env.GPU_BASELINES, 'utf8')) : {};
 
@@ -26,25 +25,6 @@ function random(n: number): Float32Array {
   const a = new Float32Array(n);
   for (let i = 0; i < n; ++i) a[i] = Math.random() * 2 - 1;
   return a;
-}
-
-function device(data: Float32Array | Int32Array): DeviceBuffer {
-  const b = gpu.alloc(data.byteLength);
-  gpu.upload(b, data);
-  return b;
-}
-
-/** Median milliseconds of REPS event-timed runs, rotating over the argument sets. */
-function medianMs(run: (set: number) => void): number {
-  for (let s = 0; s < SETS; ++s) run(s);
-  gpu.synchronize();
-  const times: number[] = [];
-  for (let r = 0; r < REPS; ++r) {
-    const start = gpu.newEvent();
-    run(r % SETS);
-    times.push(gpu.newEvent().elapsedMs(start));
-  }
-  return times.sort((a, b) => a - b)[REPS >> 1];
 }
 
 function main() {

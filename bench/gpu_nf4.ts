@@ -5,32 +5,13 @@
  * weights that are already there (4 B/weight in memory). Qwen3-30B-A3B expert shapes, E = 128,
  * uniform routing, blocksize 64; medians of 25 event-timed runs after warm-up, three input sets.
  */
-import {cudaAddon, DeviceBuffer} from '../src/native/cuda_addon';
+import {device, gpu, medianMs, SETS} from './gpu_timing';
 
-const gpu = cudaAddon();
-const E = 128, BLOCK = 64, REPS = 25, SETS = 3;
+const E = 128, BLOCK = 64;
 const SHAPES = [{name: 'gate/up', K: 2048, N: 768}, {name: 'down', K: 768, N: 2048}];
 const ROWS = (process.env.BENCH_ROWS ?? '1024,4096,16384,65536').split(',').map(Number);
 
-function device(data: Float32Array | Int32Array | Uint8Array): DeviceBuffer {
-  const b = gpu.alloc(data.byteLength);
-  gpu.upload(b, data);
-  return b;
-}
-
 const random = (n: number, lo: number, hi: number) => Float32Array.from({length: n}, () => lo + Math.random() * (hi - lo));
-
-function medianMs(run: (set: number) => void): number {
-  for (let s = 0; s < SETS; ++s) run(s);
-  gpu.synchronize();
-  const times: number[] = [];
-  for (let r = 0; r < REPS; ++r) {
-    const start = gpu.newEvent();
-    run(r % SETS);
-    times.push(gpu.newEvent().elapsedMs(start));
-  }
-  return times.sort((a, b) => a - b)[REPS >> 1];
-}
 
 function main() {
   const info = gpu.deviceInfo();
