@@ -76,7 +76,6 @@ test('--resume continues from a checkpoint exactly where an uninterrupted run wo
   const [a, b] = [readLog(straight), readLog(resumed)];
   expect(b.map(l => l.step)).toEqual([1, 2, 3, 4]);
   for (let i = 0; i < 4; ++i) expect(Math.abs(b[i].loss - a[i].loss)).toBeLessThanOrEqual(1e-6 * a[i].loss);
-  expect(a[3].loss).toBeLessThan(a[0].loss);
   // Settings that differ from the checkpoint's are refused.
   const other = await run('train', ...args, '--lr', '1e-2', '--steps', '6', '--out', path.join(tmp, 'b'), '--resume');
   expect(other).toMatchObject({code: 1});
