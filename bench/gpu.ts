@@ -10,6 +10,7 @@ import * as fs from 'fs';
 
 import {Precision} from '../src/native/cuda_addon';
 import {device, gpu, medianMs, SETS} from './gpu_timing';
+import {randomFloats, uniformGroupSizes} from './inputs';
 
 const E = 128;
 const SHAPES = [
@@ -20,12 +21,6 @@ const ROWS = (process.env.BENCH_ROWS ?? '16384,65536').split(',').map(Number);
 const PRECISIONS: Precision[] = ['tf32', 'bf16', 'highest'];
 const baselines: Record<string, Record<string, number | null>> =
     process.env.GPU_BASELINES ? JSON.parse(fs.readFileSync(process.env.GPU_BASELINES, 'utf8')) : {};
-
-function random(n: number): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; ++i) a[i] = Math.random() * 2 - 1;
-  return a;
-}
 
 function main() {
   const info = gpu.deviceInfo();
@@ -38,10 +33,9 @@ function main() {
   console.log(`|${header.map(() => ' --- ').join('|')}|`);
   for (const {name, K, N} of SHAPES) {
     for (const M of ROWS) {
-      const g = new Int32Array(E);
-      for (let m = 0; m < M; ++m) g[Math.floor(Math.random() * E)]++;
+      const g = uniformGroupSizes(M, E);
       const sets = Array.from({length: SETS}, () => ({
-        x: device(random(M * K)), w: device(random(E * N * K)), dy: device(random(M * N)), g: device(g),
+        x: device(randomFloats(M * K)), w: device(randomFloats(E * N * K)), dy: device(randomFloats(M * N)), g: device(g),
       }));
       const y = gpu.alloc(M * N * 4), dx = gpu.alloc(M * K * 4), dw = gpu.alloc(E * N * K * 4);
       const flops = 2 * M * N * K;

@@ -6,12 +6,11 @@
  * uniform routing, blocksize 64; medians of 25 event-timed runs after warm-up, three input sets.
  */
 import {device, gpu, medianMs, SETS} from './gpu_timing';
+import {randomFloats, uniformGroupSizes} from './inputs';
 
 const E = 128, BLOCK = 64;
 const SHAPES = [{name: 'gate/up', K: 2048, N: 768}, {name: 'down', K: 768, N: 2048}];
 const ROWS = (process.env.BENCH_ROWS ?? '1024,4096,16384,65536').split(',').map(Number);
-
-const random = (n: number, lo: number, hi: number) => Float32Array.from({length: n}, () => lo + Math.random() * (hi - lo));
 
 function main() {
   const info = gpu.deviceInfo();
@@ -23,15 +22,14 @@ function main() {
     // Any bytes are valid NF4 codes; absmax as a trained weight's (positive, ~0.05).
     const weights = Array.from({length: SETS}, () => ({
       packed: device(Uint8Array.from({length: E * n / 2}, () => Math.floor(Math.random() * 256))),
-      absmax: device(random(E * n / BLOCK, 0.02, 0.08)),
+      absmax: device(randomFloats(E * n / BLOCK, 0.02, 0.08)),
       float: gpu.alloc(E * n * 4),
     }));
     for (const w of weights) gpu.nf4Dequantize(w.packed, w.absmax, E, n, BLOCK, w.float);
     const scratch = gpu.alloc(E * n * 4);
     for (const M of ROWS) {
-      const g = new Int32Array(E);
-      for (let m = 0; m < M; ++m) g[Math.floor(Math.random() * E)]++;
-      const xs = Array.from({length: SETS}, () => device(random(M * K, -1, 1))), dg = device(g), y = gpu.alloc(M * N * 4);
+      const g = uniformGroupSizes(M, E);
+      const xs = Array.from({length: SETS}, () => device(randomFloats(M * K))), dg = device(g), y = gpu.alloc(M * N * 4);
       const fused = medianMs(s => gpu.groupedGemmNf4(xs[s], weights[s].packed, weights[s].absmax, dg, y, M, K, N, E, BLOCK, false, 'bf16'));
       const dequant = medianMs(s => {
         gpu.nf4Dequantize(weights[s].packed, weights[s].absmax, E, n, BLOCK, scratch);

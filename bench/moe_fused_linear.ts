@@ -15,6 +15,8 @@ import * as os from 'os';
 import * as tf from '@tensorflow/tfjs-core';
 import {MathBackendCPU} from '@tensorflow/tfjs-backend-cpu';
 
+import {medianSeconds, randomFloats, uniformGroupSizes} from './inputs';
+
 tf.registerBackend('fallback', () => new MathBackendCPU(), 0);
 tf.copyRegisteredKernels('cpu', 'fallback');
 process.env.TF_CPP_MIN_LOG_LEVEL ??= '2';
@@ -34,31 +36,6 @@ const FALLBACK_MAX_ROWS = Number(process.env.BENCH_FALLBACK_MAX_ROWS ?? 2048);  
 
 type Op = 'forward' | 'dX' | 'dW';
 const OPS: Op[] = ['forward', 'dX', 'dW'];
-
-function random(n: number): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; ++i) a[i] = Math.random() * 2 - 1;
-  return a;
-}
-
-function groupSizes(M: number): Int32Array {
-  const g = new Int32Array(E);
-  for (let m = 0; m < M; ++m) g[Math.floor(Math.random() * E)]++;
-  return g;
-}
-
-/** Median seconds of `runs` calls after a warm-up; each call's result (a tensor) is disposed. */
-function time(f: () => tf.Tensor | void, runs: number): number {
-  f()?.dispose();
-  const times: number[] = [];
-  for (let r = 0; r < runs; ++r) {
-    const t0 = process.hrtime.bigint();
-    const y = f();
-    times.push(Number(process.hrtime.bigint() - t0) / 1e9);
-    y?.dispose();
-  }
-  return times.sort((a, b) => a - b)[Math.floor(times.length / 2)];
-}
 
 interface Data {
   x: Float32Array;
@@ -138,7 +115,7 @@ async function main() {
   console.log(`|${header.map(() => ' --- ').join('|')}|`);
   for (const {name, K, N} of SHAPES) {
     for (const M of ROWS) {
-      const data: Data = {x: random(M * K), w: random(E * N * K), dy: random(M * N), g: groupSizes(M)};
+      const data: Data = {x: randomFloats(M * K), w: randomFloats(E * N * K), dy: randomFloats(M * N), g: uniformGroupSizes(M, E)};
       const gflops: Record<string, Record<Op, number>> = {};
       for (const {name: implName, backend, impl, maxRows, runs} of IMPLS) {
         if (maxRows !== undefined && M > maxRows) continue;
@@ -146,7 +123,7 @@ async function main() {
         tf.engine().startScope();  // the inputs made by impl are disposed by endScope
         const ops = impl(data, M, K, N);
         gflops[implName] = {} as Record<Op, number>;
-        for (const op of OPS) gflops[implName][op] = 2 * M * N * K / time(ops[op], runs) / 1e9;
+        for (const op of OPS) gflops[implName][op] = 2 * M * N * K / medianSeconds(ops[op], runs) / 1e9;
         tf.engine().endScope();
       }
       for (const op of OPS) {

@@ -13,6 +13,7 @@ import * as os from 'os';
 import {cpuAddon} from '../src/native/cpu_addon';
 import {bytesToInt32Words} from '../src/quant/int32_words';
 import {decodeNf4Absmax, dequantiseNf4, Nf4Tensor, quantiseNf4, stackNf4} from '../src/quant/nf4';
+import {medianSeconds, randomFloats, uniformGroupSizes} from './inputs';
 
 const E = Number(process.env.BENCH_EXPERTS ?? 128);
 const ROWS = (process.env.BENCH_ROWS ?? '1024,2048,4096,8192,16384').split(',').map(Number);
@@ -23,30 +24,6 @@ const SHAPES = [
   {name: 'down (K=768→N=2048)', K: 768, N: 2048},
 ];
 
-function random(n: number, scale = 1): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; ++i) a[i] = (Math.random() * 2 - 1) * scale;
-  return a;
-}
-
-function groupSizes(M: number): Int32Array {
-  const g = new Int32Array(E);
-  for (let m = 0; m < M; ++m) g[Math.floor(Math.random() * E)]++;
-  return g;
-}
-
-/** Median seconds of RUNS calls after a warm-up. */
-function time(f: () => void, runs = RUNS): number {
-  f();
-  const times: number[] = [];
-  for (let r = 0; r < runs; ++r) {
-    const t0 = process.hrtime.bigint();
-    f();
-    times.push(Number(process.hrtime.bigint() - t0) / 1e9);
-  }
-  return times.sort((a, b) => a - b)[Math.floor(times.length / 2)];
-}
-
 const addon = cpuAddon();
 console.log(`CPU: ${os.cpus()[0].model}, ${addon.numThreads()} threads, ${addon.isa()}; E = ${E}, blocksize ${BLOCKSIZE}, ` +
             `double-quantised absmax (decoded on the host once)`);
@@ -56,20 +33,20 @@ const gflops = (flops: number, s: number) => (flops / s / 1e9).toFixed(1).padSta
 for (const {name, K, N} of SHAPES) {
   // Experts quantised one at a time keeps the float32 data of one expert alive, not all of them.
   const t: Nf4Tensor = stackNf4(Array.from({length: E}, () =>
-    quantiseNf4(random(N * K, 0.05), {blocksize: BLOCKSIZE, doubleQuant: true, shape: [N, K]})));
+    quantiseNf4(randomFloats(N * K, -0.05, 0.05), {blocksize: BLOCKSIZE, doubleQuant: true, shape: [N, K]})));
   const packed = bytesToInt32Words(t.packed), absmax = decodeNf4Absmax(t);
   let dense = dequantiseNf4(t);
-  const dequantSeconds = time(() => { dense = dequantiseNf4(t); }, 1);
+  const dequantSeconds = medianSeconds(() => { dense = dequantiseNf4(t); }, 1);
   console.log(`\n${name}: NF4 ${(packed.byteLength / 2 ** 20).toFixed(0)} MiB, float32 ${(dense.byteLength / 2 ** 20).toFixed(0)} MiB, ` +
               `dequantiseNf4 of all experts ${ms(dequantSeconds).trim()} ms`);
   console.log('      M | fwd: nf4 fused ms GFLOP/s | dequant+f32 ms | f32 ms GFLOP/s | dX: nf4 fused ms GFLOP/s | f32 ms GFLOP/s');
   for (const M of ROWS) {
-    const g = groupSizes(M), flops = 2 * M * N * K;
-    const x = random(M * K), dy = random(M * N), y = new Float32Array(M * N), dx = new Float32Array(M * K);
-    const fused = time(() => addon.moeNf4Linear(x, packed, absmax, g, y, M, N, K, E, BLOCKSIZE, false));
-    const float = time(() => addon.moeFusedLinear(x, dense, g, y, M, K, N, E, false));
-    const fusedDx = time(() => addon.moeNf4Linear(dy, packed, absmax, g, dx, M, N, K, E, BLOCKSIZE, true));
-    const floatDx = time(() => addon.moeFusedLinear(dy, dense, g, dx, M, N, K, E, true));
+    const g = uniformGroupSizes(M, E), flops = 2 * M * N * K;
+    const x = randomFloats(M * K), dy = randomFloats(M * N), y = new Float32Array(M * N), dx = new Float32Array(M * K);
+    const fused = medianSeconds(() => addon.moeNf4Linear(x, packed, absmax, g, y, M, N, K, E, BLOCKSIZE, false), RUNS);
+    const float = medianSeconds(() => addon.moeFusedLinear(x, dense, g, y, M, K, N, E, false), RUNS);
+    const fusedDx = medianSeconds(() => addon.moeNf4Linear(dy, packed, absmax, g, dx, M, N, K, E, BLOCKSIZE, true), RUNS);
+    const floatDx = medianSeconds(() => addon.moeFusedLinear(dy, dense, g, dx, M, N, K, E, true), RUNS);
     console.log(`${String(M).padStart(7)} | ${ms(fused)} ${gflops(flops, fused)}         | ${ms(dequantSeconds + float)}       | ` +
                 `${ms(float)} ${gflops(flops, float)} | ${ms(fusedDx)} ${gflops(flops, fusedDx)}             | ` +
                 `${ms(floatDx)} ${gflops(flops, floatDx)}`);

@@ -2,9 +2,11 @@
 import * as tf from '@tensorflow/tfjs-core';
 
 import {UsageError} from './errors';
+import {choiceFlag, Flags, FlagSpec} from './flags';
 
 export const BACKEND_CHOICES = ['cpu', 'tensorflow'] as const;
 export type BackendChoice = typeof BACKEND_CHOICES[number];
+export const BACKEND_FLAG: FlagSpec = {backend: {type: 'string'}};
 
 /** `tensorflow` needs @tensorflow/tfjs-node (README: npm run setup:tfjs-node); `cpu` is always there. */
 export async function useBackend(name: BackendChoice): Promise<void> {
@@ -17,4 +19,9 @@ export async function useBackend(name: BackendChoice): Promise<void> {
     }
   }
   if (!(await tf.setBackend(name))) throw new UsageError(`backend ${name} failed to initialise`);
+}
+
+/** The backend of --backend (default cpu). */
+export async function useBackendOf(flags: Flags): Promise<void> {
+  await useBackend(choiceFlag(flags, 'backend', BACKEND_CHOICES, 'cpu'));
 }

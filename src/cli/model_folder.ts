@@ -15,6 +15,7 @@ import {loadPeftAdapter} from '../lora/load_peft_adapter';
 import {loadTokenizer} from '../tokenizer/load_tokenizer';
 import {HfTokenizer} from '../tokenizer/tokenizer';
 import {UsageError} from './errors';
+import {Flags, FlagSpec, requiredFlag, stringFlag} from './flags';
 
 export interface ModelFolder {
   model: tfl.LayersModel;
@@ -73,6 +74,14 @@ export function openModelFolder(dir: string | undefined, options: {adapter?: str
   }
   const tokenizer = fs.existsSync(path.join(folder, 'tokenizer.json')) ? loadTokenizer(folder) : undefined;
   return {model, hfConfig, config, tokenizer, dir: folder, isDefault};
+}
+
+/** The flags that open a model folder for eval and generate. */
+export const MODEL_FLAGS: FlagSpec = {model: {type: 'string'}, adapter: {type: 'string'}, 'load-in-4bit': {type: 'boolean'}};
+
+/** The folder of --model, with the PEFT adapter of --adapter, experts in NF4 with --load-in-4bit. */
+export function openFolderOf(flags: Flags): ModelFolder {
+  return openModelFolder(requiredFlag(flags, 'model'), {adapter: stringFlag(flags, 'adapter'), loadIn4bit: flags['load-in-4bit'] === true});
 }
 
 /** The folder's tokenizer, or an error saying why `what` needs one. */

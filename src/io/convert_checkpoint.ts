@@ -61,7 +61,6 @@ export function convertHfCheckpoint(from: string, to: string, options: ConvertOp
       for (const proj of ['gate', 'up', 'down'] as const) {
         const fusedName = `${expert[1]}.${proj}_proj.weight`, shape = shapes[proj];
         const values = () => {
-          if (ckpt.has(fusedName)) return ckpt.read(fusedName).data as Float32Array;
           const fused = fusedExperts(ckpt, fusedName, shape);
           if (!fused) throw new Error(`${from}: the experts of ${expert[1]} are incomplete`);
           return fused.data;

@@ -15,8 +15,8 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 
+import {leafLayers} from '../layers/composite';
 import {MoeFusedLinearNf4Layer} from '../layers/moe_fused_linear_nf4';
-import {leafLayers} from '../lora/apply_lora';
 import {dequantiseNf4, quantiseNf4, stackNf4} from '../quant/nf4';
 import {bnbTensorNames, isBnb4bit, readBnb4bit, readBnbExperts} from './bnb_4bit';
 import {hfName} from './hf_weights';
@@ -117,6 +117,11 @@ export const EXPERT_WEIGHT = /^(model\.layers\.\d+\.mlp)\.(gate|up|down)_proj\.w
 export function fusedExperts(ckpt: HfCheckpoint, name: string, shape: number[]): {data: Float32Array; used: string[]} | undefined {
   const match = EXPERT_WEIGHT.exec(name);
   if (!match || shape.length !== 3) return undefined;
+  if (ckpt.has(name)) {  // ours and the seed project's: stored fused
+    const {t, used} = readTensor(ckpt, name);
+    expectShape(ckpt, name, t.shape, shape);
+    return {data: t.data as Float32Array, used};
+  }
   const [, mlp, proj] = match;
   const [E, out, inFeatures] = shape;
   const per = out * inFeatures;
@@ -202,16 +207,9 @@ function loadNf4Experts(ckpt: HfCheckpoint, layer: MoeFusedLinearNf4Layer): stri
     layer.setNf4Weights(readBnbExperts(ckpt, mlp, proj as 'gate' | 'up' | 'down', E));
     return isBnb4bit(ckpt, fused) ? bnbTensorNames(ckpt, fused) : Array.from({length: E}, (_, e) => bnbTensorNames(ckpt, perExpert(e))).flat();
   }
-  let data: Float32Array, used: string[];
-  if (ckpt.has(fused)) {
-    const t = ckpt.read(fused);
-    expectShape(ckpt, fused, t.shape, shape);
-    [data, used] = [t.data as Float32Array, [fused]];
-  } else {
-    const found = fusedExperts(ckpt, fused, shape);
-    if (!found) throw new Error(`${ckpt.dir}: no tensor for the experts ${fused} [${shape}]`);
-    [data, used] = [found.data, found.used];
-  }
+  const found = fusedExperts(ckpt, fused, shape);
+  if (!found) throw new Error(`${ckpt.dir}: no tensor for the experts ${fused} [${shape}]`);
+  const {data, used} = found;
   const per = out * inFeatures;
   layer.setNf4Weights(stackNf4(Array.from({length: E}, (_, e) =>
       quantiseNf4(data.subarray(e * per, (e + 1) * per), {blocksize, shape: [out, inFeatures]}))));

@@ -58,3 +58,10 @@ export function built<L extends tfl.layers.Layer>(child: L, inputShape: tfl.Shap
 export function asConfig(config: object): tf.serialization.ConfigDict {
   return config as unknown as tf.serialization.ConfigDict;
 }
+
+/** Every leaf layer of a model, composites opened. */
+export function leafLayers(model: tfl.LayersModel): tfl.layers.Layer[] {
+  const open = (layer: tfl.layers.Layer): tfl.layers.Layer[] =>
+      layer instanceof CompositeLayer ? layer.children().flatMap(open) : [layer];
+  return model.layers.flatMap(open);
+}

@@ -7,9 +7,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 
-import {nf4ExpertSizes} from '../kernels/nf4_layout';
 import {moeFusedLinearNf4, Nf4Weights, nf4Weights} from '../ops/moe_fused_linear_nf4';
-import {NF4_BLOCKSIZES, Nf4Tensor} from '../quant/nf4';
+import {NF4_BLOCKSIZES, nf4Sizes, Nf4Tensor} from '../quant/nf4';
 import {MoeFusedLinearLayer, MoeFusedLinearLayerArgs} from './moe_fused_linear';
 
 export interface MoeFusedLinearNf4LayerArgs extends MoeFusedLinearLayerArgs {
@@ -34,7 +33,7 @@ export class MoeFusedLinearNf4Layer extends MoeFusedLinearLayer {
   protected override buildBase(): void {
     const E = this.numExperts, N = this.units, K = this.inFeatures;
     if (E > 1 && (N * K) % 2 !== 0) throw new RangeError(`${this.name}: stacked NF4 experts need an even out·in (got ${N}·${K})`);
-    const {bytes, blocks} = nf4ExpertSizes(N, K, this.blocksize);
+    const {bytes, blocks} = nf4Sizes(N * K, this.blocksize);
     const zeros = tfl.initializers.zeros();
     this.packed = this.addWeight('packed', [Math.ceil(E * bytes / 4)], 'int32', zeros, undefined, false);
     this.absmax = this.addWeight('absmax', [E * blocks], 'float32', zeros, undefined, false);

@@ -5,8 +5,9 @@
  */
 import * as tfl from '@tensorflow/tfjs-layers';
 
-import {CompositeLayer} from '../layers/composite';
+import {leafLayers} from '../layers/composite';
 import {LoraLinearBase} from '../layers/lora_linear_base';
+import {patternValue} from './peft_format';
 
 export interface LoraConfig {
   /** Default rank. */
@@ -15,7 +16,7 @@ export interface LoraConfig {
   alpha: number;
   /** Module-name suffixes to adapt, e.g. ['q_proj', 'v_proj', 'gate_proj', 'up_proj', 'down_proj']. */
   targets: string[];
-  /** Per-module ranks, keyed by a name suffix (or full name) as PEFT's rank_pattern. */
+  /** Per-module ranks, keyed by a name suffix (or full name, or a regular expression) as PEFT's rank_pattern. */
   rankPattern?: Record<string, number>;
   /** Per-module alphas, keyed likewise (PEFT's alpha_pattern). */
   alphaPattern?: Record<string, number>;
@@ -23,21 +24,9 @@ export interface LoraConfig {
   dropout?: number;
 }
 
-/** Every leaf layer of a model, composites opened. */
-export function leafLayers(model: tfl.LayersModel): tfl.layers.Layer[] {
-  const open = (layer: tfl.layers.Layer): tfl.layers.Layer[] =>
-      layer instanceof CompositeLayer ? layer.children().flatMap(open) : [layer];
-  return model.layers.flatMap(open);
-}
-
-/** Whether module `name` matches a target or pattern key: equal, or ending in `.key`. */
-function matches(name: string, key: string): boolean {
-  return name === key || name.endsWith(`.${key}`);
-}
-
-function pattern(name: string, table: Record<string, number> | undefined, fallback: number): number {
-  for (const [key, value] of Object.entries(table ?? {})) if (matches(name, key)) return value;
-  return fallback;
+/** Whether module `name` matches a target: equal, or ending in `.target`. */
+function matches(name: string, target: string): boolean {
+  return name === target || name.endsWith(`.${target}`);
 }
 
 /**
@@ -55,8 +44,8 @@ export function applyLora(model: tfl.LayersModel, config: LoraConfig): LoraLinea
   }
   for (const layer of adapted) {
     layer.enableLora({
-      r: pattern(layer.name, config.rankPattern, config.r),
-      alpha: pattern(layer.name, config.alphaPattern, config.alpha),
+      r: patternValue(config.rankPattern, layer.name, config.r),
+      alpha: patternValue(config.alphaPattern, layer.name, config.alpha),
       useRslora: config.useRslora,
       dropout: config.dropout,
     });

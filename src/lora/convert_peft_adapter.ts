@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 
 import {fromHfConfig, isSparseLayer} from '../../models/qwen3_moe/config';
-import {readPeftAdapter} from './read_peft_adapter';
+import {readAdapterConfig, readPeftAdapter} from './read_peft_adapter';
 import {SavePeftOptions, writePeftAdapter} from './save_peft_adapter';
 
 /** Reads the adapter in `from` (for the model in `modelDir`) and writes it to `to` in options.expertLayout. */
@@ -25,6 +25,6 @@ export function convertPeftAdapter(from: string, to: string, modelDir: string, o
     if (!layer || !isSparseLayer(config, Number(layer[1]))) return undefined;
     return {E: config.numExperts, I: config.moeIntermediateSize, H: config.hiddenSize};
   });
-  const previous = JSON.parse(fs.readFileSync(path.join(from, 'adapter_config.json'), 'utf8'));
-  writePeftAdapter(adapters, to, {...options, baseModel: options.baseModel ?? previous.base_model_name_or_path ?? undefined});
+  const baseModel = options.baseModel ?? readAdapterConfig(from).base_model_name_or_path ?? undefined;
+  writePeftAdapter(adapters, to, {...options, baseModel});
 }

@@ -2,9 +2,10 @@
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 
+import {leafLayers} from '../layers/composite';
 import {LoraLinearBase} from '../layers/lora_linear_base';
 import {MoeFusedLinearLayer} from '../layers/moe_fused_linear';
-import {freezeAllBut, leafLayers} from './apply_lora';
+import {freezeAllBut} from './apply_lora';
 import {readPeftAdapter} from './read_peft_adapter';
 
 /**

@@ -20,6 +20,7 @@ export const PREFIX = 'base_model.model.';
 
 export interface AdapterConfig {
   peft_type?: string;
+  base_model_name_or_path?: string | null;
   r: number;
   lora_alpha: number;
   use_rslora?: boolean;

@@ -8,9 +8,9 @@ import * as path from 'path';
 import * as tfl from '@tensorflow/tfjs-layers';
 
 import {TensorToWrite, writeAtomically, writeSafetensors} from '../io/safetensors';
+import {leafLayers} from '../layers/composite';
 import {LoraOptions} from '../layers/lora';
 import {LoraLinearBase} from '../layers/lora_linear_base';
-import {leafLayers} from './apply_lora';
 import {fusedB, ModuleAdapter, PREFIX} from './peft_format';
 
 export interface SavePeftOptions {

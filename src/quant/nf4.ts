@@ -114,11 +114,16 @@ function doubleQuantise(absmax: Float32Array): Nf4DoubleQuant {
   return {codes, nestedAbsmax, nestedCode, nestedBlocksize: NESTED_BLOCKSIZE, offsets: Float32Array.of(offset)};
 }
 
+/** Packed bytes and absmax blocks of `values` NF4 values (one group, e.g. one expert). */
+export function nf4Sizes(values: number, blocksize: number): {bytes: number; blocks: number} {
+  return {bytes: Math.ceil(values / 2), blocks: Math.ceil(values / blocksize)};
+}
+
 /** Sizes of one group: values, bytes, blocks and nested blocks. */
 export function nf4GroupSizes(t: Nf4Tensor): {values: number; bytes: number; blocks: number; nestedBlocks: number} {
-  const values = numel(t.shape) / t.groups, blocks = Math.ceil(values / t.blocksize);
+  const values = numel(t.shape) / t.groups, {bytes, blocks} = nf4Sizes(values, t.blocksize);
   const nestedBlocks = t.absmax instanceof Float32Array ? 0 : Math.ceil(blocks / t.absmax.nestedBlocksize);
-  return {values, bytes: Math.ceil(values / 2), blocks, nestedBlocks};
+  return {values, bytes, blocks, nestedBlocks};
 }
 
 /** Checks that the arrays of t have the sizes its shape, blocksize and groups imply. */

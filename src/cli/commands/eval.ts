@@ -8,11 +8,11 @@ import * as tf from '@tensorflow/tfjs-core';
 
 import {writeSafetensors} from '../../io/safetensors';
 import {causalLmLoss} from '../../train/causal_lm_loss';
-import {BACKEND_CHOICES, useBackend} from '../backend';
+import {BACKEND_FLAG, useBackendOf} from '../backend';
 import {tokenWindows} from '../data';
 import {UsageError} from '../errors';
-import {choiceFlag, FlagSpec, numberFlag, parseFlags, requiredFlag, stringFlag} from '../flags';
-import {openModelFolder, requireTokenizer} from '../model_folder';
+import {FlagSpec, numberFlag, parseFlags, stringFlag} from '../flags';
+import {MODEL_FLAGS, openFolderOf, requireTokenizer} from '../model_folder';
 
 export const EVAL_USAGE = `eval --model DIR [--adapter DIR] (--tokens FILE.json [--dump-logits OUT.safetensors] | --data FILE)
   --tokens FILE.json   an array of equally long arrays of token ids
@@ -22,8 +22,8 @@ export const EVAL_USAGE = `eval --model DIR [--adapter DIR] (--tokens FILE.json 
   --load-in-4bit       experts in NF4 (quantised on load, or a bitsandbytes checkpoint)`;
 
 const FLAGS: FlagSpec = {
-  model: {type: 'string'}, adapter: {type: 'string'}, tokens: {type: 'string'}, 'dump-logits': {type: 'string'},
-  data: {type: 'string'}, 'seq-len': {type: 'string'}, batch: {type: 'string'}, backend: {type: 'string'}, 'load-in-4bit': {type: 'boolean'},
+  ...MODEL_FLAGS, ...BACKEND_FLAG, tokens: {type: 'string'}, 'dump-logits': {type: 'string'},
+  data: {type: 'string'}, 'seq-len': {type: 'string'}, batch: {type: 'string'},
 };
 
 /** The rows of a --tokens file, checked: equal lengths, integer ids in [0, V). */
@@ -56,8 +56,8 @@ export async function evaluate(argv: string[]): Promise<void> {
   if ((tokens === undefined) === (data === undefined)) throw new UsageError('give either --tokens or --data');
   if (dump && !tokens) throw new UsageError('--dump-logits needs --tokens');
   const batch = numberFlag(flags, 'batch', 4, {min: 1, integer: true});
-  await useBackend(choiceFlag(flags, 'backend', BACKEND_CHOICES, 'cpu'));
-  const folder = openModelFolder(requiredFlag(flags, 'model'), {adapter: stringFlag(flags, 'adapter'), loadIn4bit: flags['load-in-4bit'] === true});
+  await useBackendOf(flags);
+  const folder = openFolderOf(flags);
   const {model, config} = folder;
 
   let rows: Int32Array[];

@@ -3,10 +3,10 @@ import * as fs from 'fs';
 import * as path from 'path';
 
 import {generate} from '../../generation/generate';
-import {BACKEND_CHOICES, useBackend} from '../backend';
+import {BACKEND_FLAG, useBackendOf} from '../backend';
 import {UsageError} from '../errors';
-import {choiceFlag, FlagSpec, numberFlag, parseFlags, requiredFlag, stringFlag} from '../flags';
-import {openModelFolder, requireTokenizer} from '../model_folder';
+import {FlagSpec, numberFlag, parseFlags, requiredFlag, stringFlag} from '../flags';
+import {MODEL_FLAGS, openFolderOf, requireTokenizer} from '../model_folder';
 
 export const GENERATE_USAGE = `generate --model DIR [--adapter DIR] --prompt TEXT [options]
   --chat               render the prompt with the tokenizer's chat template (as a user turn)
@@ -17,9 +17,9 @@ export const GENERATE_USAGE = `generate --model DIR [--adapter DIR] --prompt TEX
   --load-in-4bit       experts in NF4 (quantised on load, or a bitsandbytes checkpoint)`;
 
 const FLAGS: FlagSpec = {
-  model: {type: 'string'}, adapter: {type: 'string'}, prompt: {type: 'string'}, chat: {type: 'boolean'},
+  ...MODEL_FLAGS, ...BACKEND_FLAG, prompt: {type: 'string'}, chat: {type: 'boolean'},
   system: {type: 'string'}, 'max-new-tokens': {type: 'string'}, temperature: {type: 'string'}, 'top-p': {type: 'string'},
-  'top-k': {type: 'string'}, seed: {type: 'string'}, backend: {type: 'string'}, 'load-in-4bit': {type: 'boolean'},
+  'top-k': {type: 'string'}, seed: {type: 'string'},
 };
 
 /** generation_config.json of a model folder (Transformers' sampling defaults), {} when absent. */
@@ -37,8 +37,8 @@ export async function generateText(argv: string[]): Promise<void> {
   const flags = parseFlags(argv, FLAGS);
   const prompt = requiredFlag(flags, 'prompt');
   const maxNewTokens = numberFlag(flags, 'max-new-tokens', 128, {min: 0, integer: true});
-  await useBackend(choiceFlag(flags, 'backend', BACKEND_CHOICES, 'cpu'));
-  const folder = openModelFolder(requiredFlag(flags, 'model'), {adapter: stringFlag(flags, 'adapter'), loadIn4bit: flags['load-in-4bit'] === true});
+  await useBackendOf(flags);
+  const folder = openFolderOf(flags);
   const tokenizer = requireTokenizer(folder, 'generate');
   const defaults = generationConfig(folder.dir);
 

@@ -14,7 +14,7 @@ import {applyLora} from '../../lora/apply_lora';
 import {savePeftAdapter} from '../../lora/save_peft_adapter';
 import {AdamW} from '../../train/adamw';
 import {compileCausalLm} from '../../train/causal_lm';
-import {BACKEND_CHOICES, useBackend} from '../backend';
+import {BACKEND_FLAG, useBackendOf} from '../backend';
 import {Batches, tokenWindows} from '../data';
 import {UsageError} from '../errors';
 import {choiceFlag, FlagSpec, numberFlag, parseFlags, stringFlag} from '../flags';
@@ -36,10 +36,10 @@ export const TRAIN_USAGE = `train [--model DIR] [--data FILE.txt|FILE.jsonl] [op
   --log FILE           one JSON object per step (step, loss, tokensPerSecond, learningRate, seconds)`;
 
 const FLAGS: FlagSpec = {
-  model: {type: 'string'}, data: {type: 'string'}, 'lora-r': {type: 'string'}, 'lora-alpha': {type: 'string'},
+  ...BACKEND_FLAG, model: {type: 'string'}, data: {type: 'string'}, 'lora-r': {type: 'string'}, 'lora-alpha': {type: 'string'},
   targets: {type: 'string'}, rslora: {type: 'boolean'}, 'seq-len': {type: 'string'}, batch: {type: 'string'},
   lr: {type: 'string'}, steps: {type: 'string'}, 'warmup-steps': {type: 'string'}, 'weight-decay': {type: 'string'},
-  seed: {type: 'string'}, schedule: {type: 'string'}, backend: {type: 'string'}, 'load-in-4bit': {type: 'boolean'}, out: {type: 'string'}, 'save-every': {type: 'string'},
+  seed: {type: 'string'}, schedule: {type: 'string'}, 'load-in-4bit': {type: 'boolean'}, out: {type: 'string'}, 'save-every': {type: 'string'},
   resume: {type: 'boolean'}, log: {type: 'string'},
 };
 
@@ -68,7 +68,7 @@ export async function train(argv: string[]): Promise<void> {
   const saveEvery = numberFlag(flags, 'save-every', 0, {min: 0, integer: true});
   const out = path.resolve(stringFlag(flags, 'out') ?? 'tfjs-moe-out');
   const checkpointDir = path.join(out, 'checkpoint');
-  await useBackend(choiceFlag(flags, 'backend', BACKEND_CHOICES, 'cpu'));
+  await useBackendOf(flags);
 
   if (flags['load-in-4bit'] && r === 0) throw new UsageError('--load-in-4bit freezes the experts in NF4: train adapters (--lora-r > 0)');
   const folder = openModelFolder(settings.model ?? undefined, {loadIn4bit: flags['load-in-4bit'] === true});

@@ -2,9 +2,9 @@ import {concat, KernelBackend, KernelFunc, matMul, slice, tensor2d, Tensor, tidy
 
 import {MoeFusedLinearNf4Attrs, MoeFusedLinearNf4Inputs} from '../../kernel_names';
 import {int32WordsToBytes} from '../../quant/int32_words';
-import {dequantiseNf4} from '../../quant/nf4';
+import {dequantiseNf4, nf4Sizes} from '../../quant/nf4';
 import {checkGroupSizes} from '../group_sizes';
-import {nf4ExpertSizes, nf4WeightError} from '../nf4_layout';
+import {nf4WeightError} from '../nf4_layout';
 import {asTensor, hostInts} from './tensors';
 
 /**
@@ -21,7 +21,7 @@ export const moeFusedLinearNf4Fallback: KernelFunc = ({inputs, backend, attrs}) 
   const error = nf4WeightError(words.length, scales.length, E, N, K, blocksize);
   if (error) throw new RangeError(error);
   checkGroupSizes(sizes, M);
-  const {bytes, blocks} = nf4ExpertSizes(N, K, blocksize);
+  const {bytes, blocks} = nf4Sizes(N * K, blocksize);
   const codes = int32WordsToBytes(words, E * bytes);
   const inFeatures = transposeWeight ? N : K;
   return tidy(() => {
