@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reference oracle: a small Qwen3-style tokenizer and what Python computes with it.
 
-What it writes (test/fixtures/tokenizer/, see the README there):
+What it writes (see test/fixtures/tokenizer/README.md); the tokenizer is also the CLI's default
+(models/qwen3_moe/default), so its two files live there and the test reads them from there:
   tokenizer.json         byte-level BPE trained here with `tokenizers` on CORPUS, configured as Qwen2/Qwen3's
                          tokenizer.json is: NFC normalizer; Sequence[Split(Qwen2 regex, isolated), ByteLevel(
                          add_prefix_space=False, use_regex=False)]; ByteLevel post-processor (adds nothing) and
@@ -47,7 +48,9 @@ from transformers import AutoTokenizer
 transformers.logging.set_verbosity_error()
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "test" / "fixtures" / "tokenizer"
+DEFAULT_OUT = REPO / "test" / "fixtures" / "tokenizer"             # expected.json
+TOKENIZER_DIR = REPO / "models" / "qwen3_moe" / "default"          # tokenizer.json, tokenizer_config.json
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json"]
 GENERATOR = "scripts/tokenizer_fixtures.py"
 VOCAB_SIZE = 1000  # BPE vocab (256 bytes + merges); the added tokens come after it
 MODEL_MAX_LENGTH = 131072
@@ -474,32 +477,37 @@ def compute_expected(out: Path) -> dict:
     }
 
 
-def generate(out: Path):
-    out.mkdir(parents=True, exist_ok=True)
+def generate(tokenizer_dir: Path, out: Path):
+    for d in (tokenizer_dir, out):
+        d.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer()
-    tok.save(str(out / "tokenizer.json"), pretty=True)
-    write_json(out / "tokenizer_config.json", tokenizer_config(tok))
+    tok.save(str(tokenizer_dir / "tokenizer.json"), pretty=True)
+    write_json(tokenizer_dir / "tokenizer_config.json", tokenizer_config(tok))
     # compact rows keep expected.json small and readable: one JSON value per line for the long lists
-    write_json(out / "expected.json", compute_expected(out), indent=1)
+    write_json(out / "expected.json", compute_expected(tokenizer_dir), indent=1)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where expected.json goes")
+    ap.add_argument("--tokenizer-dir", type=Path, default=TOKENIZER_DIR, help="where the tokenizer files go")
     ap.add_argument("--check-reproducible", action="store_true",
                     help="regenerate into a temporary folder and byte-compare with --out")
     args = ap.parse_args()
     if args.check_reproducible:
         with tempfile.TemporaryDirectory() as tmp:
-            generate(Path(tmp))
-            names = ["tokenizer.json", "tokenizer_config.json", "expected.json"]
-            _, mismatch, errors = filecmp.cmpfiles(args.out, tmp, names, shallow=False)
-            check(not mismatch and not errors, f"not reproducible: {mismatch + errors}")
-            print(f"reproducible: {', '.join(names)}")
+            generate(Path(tmp) / "tokenizer", Path(tmp))
+            bad = []
+            for folder, names, fresh in ((args.tokenizer_dir, TOKENIZER_FILES, Path(tmp) / "tokenizer"),
+                                         (args.out, ["expected.json"], Path(tmp))):
+                _, mismatch, errors = filecmp.cmpfiles(folder, fresh, names, shallow=False)
+                bad += mismatch + errors
+            check(not bad, f"not reproducible: {bad}")
+            print(f"reproducible: {', '.join(TOKENIZER_FILES)}, expected.json")
         return
-    generate(args.out)
-    sizes = {p.name: p.stat().st_size for p in sorted(args.out.iterdir()) if p.is_file()}
-    print(f"wrote {args.out}: {sizes}")
+    generate(args.tokenizer_dir, args.out)
+    for f in [args.tokenizer_dir / n for n in TOKENIZER_FILES] + [args.out / "expected.json"]:
+        print(f"wrote {f}: {f.stat().st_size} bytes")
 
 
 if __name__ == "__main__":

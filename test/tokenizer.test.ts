@@ -1,7 +1,7 @@
 /**
- * The tokenizer against Python: test/fixtures/tokenizer holds a Qwen3-style tokenizer and the ids,
- * decodes and chat renderings that `tokenizers` and Transformers compute with it
- * (scripts/tokenizer_fixtures.py).
+ * The tokenizer against Python: a Qwen3-style tokenizer (models/qwen3_moe/default, the CLI's default)
+ * and, in test/fixtures/tokenizer, the ids, decodes and chat renderings that `tokenizers` and
+ * Transformers compute with it (scripts/tokenizer_fixtures.py).
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -10,8 +10,9 @@ import * as path from 'path';
 import {ChatMessage, ChatTemplateOptions} from '../src/tokenizer/chat_template';
 import {loadTokenizer} from '../src/tokenizer/load_tokenizer';
 
-const FIXTURE = path.join(__dirname, 'fixtures', 'tokenizer');
-const read = (name: string) => JSON.parse(fs.readFileSync(path.join(FIXTURE, name), 'utf8'));
+const FIXTURE = path.join(__dirname, 'fixtures', 'tokenizer');                   // expected.json
+const TOKENIZER = path.join(__dirname, '..', 'models', 'qwen3_moe', 'default');  // the tokenizer (also the CLI's default)
+const read = (dir: string, name: string) => JSON.parse(fs.readFileSync(path.join(dir, name), 'utf8'));
 
 interface TextCase {text: string; ids: number[]; tokens: string[]; decoded: string; decoded_skip_special: string}
 interface DecodeCase {ids: number[]; text: string; text_skip_special: string}
@@ -23,9 +24,9 @@ const expected: {
   special: Record<string, string | number | null>;
   added_tokens: {id: number; content: string; special: boolean}[];
   texts: TextCase[]; decodes: DecodeCase[]; chats: ChatCase[]; jinja_gaps: (ChatCase & {template: string})[];
-} = read('expected.json');
+} = read(FIXTURE, 'expected.json');
 
-const tok = loadTokenizer(FIXTURE);
+const tok = loadTokenizer(TOKENIZER);
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tokenizer-'));
 afterAll(() => fs.rmSync(dir, {recursive: true, force: true}));
 
@@ -33,7 +34,7 @@ afterAll(() => fs.rmSync(dir, {recursive: true, force: true}));
 function folder(name: string, files: Record<string, string | object | null>): string {
   const out = path.join(dir, name);
   fs.mkdirSync(out, {recursive: true});
-  for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(FIXTURE, f), path.join(out, f));
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(TOKENIZER, f), path.join(out, f));
   for (const [f, content] of Object.entries(files)) {
     const p = path.join(out, f);
     fs.mkdirSync(path.dirname(p), {recursive: true});
@@ -86,7 +87,7 @@ describe('encode', () => {
   });
 
   test('merges in the older "a b" string form (older Hub files, e.g. Qwen2) give the same ids', () => {
-    const json = read('tokenizer.json');
+    const json = read(TOKENIZER, 'tokenizer.json');
     json.model.merges = json.model.merges.map((m: [string, string]) => m.join(' '));
     const legacy = loadTokenizer(folder('legacy_merges', {'tokenizer.json': json}));
     for (const c of expected.texts) expect(legacy.encode(c.text)).toEqual(c.ids);
@@ -131,7 +132,7 @@ describe('chat template', () => {
   });
 
   test('chat_template.jinja takes over from tokenizer_config.json, as in Transformers', () => {
-    const config = read('tokenizer_config.json');
+    const config = read(TOKENIZER, 'tokenizer_config.json');
     const template = config.chat_template;
     config.chat_template = 'not this one';
     const t = loadTokenizer(folder('jinja_file', {'tokenizer_config.json': config, 'chat_template.jinja': template}));
@@ -139,7 +140,7 @@ describe('chat template', () => {
   });
 
   test('named templates: "default", "tool_use" when tools are given, or one chosen by name', () => {
-    const config = read('tokenizer_config.json');
+    const config = read(TOKENIZER, 'tokenizer_config.json');
     config.chat_template = [{name: 'default', template: config.chat_template}, {name: 'tool_use', template: 'TOOLS'},
                             {name: 'short', template: '{{ messages[0].content }}|{{ eos_token }}'}];
     const t = loadTokenizer(folder('named', {'tokenizer_config.json': config}));
@@ -155,7 +156,7 @@ describe('chat template', () => {
   test('errors: empty conversation, no template, misplaced arguments, raise_exception, continue + generate', () => {
     const user = [{role: 'user', content: 'hi'}];
     expect(() => tok.applyChatTemplate([])).toThrow('cannot apply the chat template to an empty conversation');
-    const config = read('tokenizer_config.json');
+    const config = read(TOKENIZER, 'tokenizer_config.json');
     delete config.chat_template;
     const none = loadTokenizer(folder('no_template', {'tokenizer_config.json': config}));
     expect(() => none.applyChatTemplate(user)).toThrow('the tokenizer has no chat template');
@@ -197,14 +198,14 @@ describe('loadTokenizer errors name the file', () => {
     }
     const noModel = folder('no_model', {'tokenizer.json': {version: '1.0'}});
     expect(() => loadTokenizer(noModel)).toThrow(`${path.join(noModel, 'tokenizer.json')}: no "model" object`);
-    const config = read('tokenizer_config.json');
+    const config = read(TOKENIZER, 'tokenizer_config.json');
     config.chat_template = 42;
     const badTemplate = folder('bad_template', {'tokenizer_config.json': config});
     expect(() => loadTokenizer(badTemplate)).toThrow('tokenizer_config.json: chat_template must be a string');
   });
 
   test('components @huggingface/tokenizers does not implement are refused with the folder named', () => {
-    const json = read('tokenizer.json');
+    const json = read(TOKENIZER, 'tokenizer.json');
     json.normalizer = {type: 'Nope'};
     const out = folder('unknown_normalizer', {'tokenizer.json': json});
     expect(() => loadTokenizer(out)).toThrow(`${out}: Unknown Normalizer type: Nope`);

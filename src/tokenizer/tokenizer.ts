@@ -1,7 +1,7 @@
 /**
  * A Hugging Face tokenizer (tokenizer.json + tokenizer_config.json) in pure JS: encoding and decoding
  * by @huggingface/tokenizers, chat templates as Transformers renders them. Ids match Python's
- * `tokenizers` / Transformers (tested on a Qwen3-style byte-level BPE, test/fixtures/tokenizer).
+ * `tokenizers` / Transformers (tested on a Qwen3-style byte-level BPE, models/qwen3_moe/default).
  */
 import {Tokenizer} from '@huggingface/tokenizers';
 
