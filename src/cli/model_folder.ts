@@ -10,7 +10,7 @@ import * as tfl from '@tensorflow/tfjs-layers';
 
 import {fromHfConfig, Qwen3MoeConfig} from '../../models/qwen3_moe/config';
 import {buildQwen3MoeForCausalLM} from '../../models/qwen3_moe/model';
-import {loadHfCheckpoint} from '../io/hf_checkpoint';
+import {loadHfCheckpoint, saveHfCheckpoint} from '../io/hf_checkpoint';
 import {loadPeftAdapter} from '../lora/load_peft_adapter';
 import {loadTokenizer} from '../tokenizer/load_tokenizer';
 import {HfTokenizer} from '../tokenizer/tokenizer';
@@ -90,11 +90,12 @@ export function requireTokenizer(folder: ModelFolder, what: string): HfTokenizer
   return folder.tokenizer;
 }
 
-/** Copies the tokenizer files of a model folder next to a saved model or adapter. */
-export function copyTokenizerFiles(from: string, to: string): void {
-  for (const file of fs.readdirSync(from)) {
+/** Saves the folder's model (its weights, not LoRA adapters) as a checkpoint in `to`, with the tokenizer files. */
+export function saveModelFolder(folder: ModelFolder, to: string): void {
+  saveHfCheckpoint(folder.model, folder.hfConfig, to);
+  for (const file of fs.readdirSync(folder.dir)) {
     if (/^(tokenizer.*\.json|special_tokens_map\.json|chat_template\.jinja|vocab\.json|merges\.txt|generation_config\.json)$/.test(file)) {
-      fs.copyFileSync(path.join(from, file), path.join(to, file));
+      fs.copyFileSync(path.join(folder.dir, file), path.join(to, file));
     }
   }
 }

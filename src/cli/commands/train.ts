@@ -5,11 +5,12 @@
 import * as fs from 'fs';
 import * as path from 'path';
 
+import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import {SingleBar} from 'cli-progress';
 
 import {registerFileHandlers} from '../../io/file_handler';
-import {saveHfCheckpoint} from '../../io/hf_checkpoint';
+import {writeAtomically} from '../../io/safetensors';
 import {applyLora} from '../../lora/apply_lora';
 import {savePeftAdapter} from '../../lora/save_peft_adapter';
 import {AdamW} from '../../train/adamw';
@@ -18,7 +19,7 @@ import {BACKEND_FLAG, useBackendOf} from '../backend';
 import {Batches, tokenWindows} from '../data';
 import {UsageError} from '../errors';
 import {choiceFlag, FlagSpec, numberFlag, parseFlags, stringFlag} from '../flags';
-import {copyTokenizerFiles, defaultFolder, openModelFolder, requireTokenizer} from '../model_folder';
+import {defaultFolder, openModelFolder, requireTokenizer, saveModelFolder} from '../model_folder';
 
 export const TRAIN_USAGE = `train [--model DIR] [--data FILE.txt|FILE.jsonl] [options]
   Fine-tunes a Qwen3-MoE (default: a tiny built-in model and corpus) and saves a PEFT adapter.
@@ -70,8 +71,8 @@ export async function train(argv: string[]): Promise<void> {
   const checkpointDir = path.join(out, 'checkpoint');
   await useBackendOf(flags);
 
-  if (flags['load-in-4bit'] && r === 0) throw new UsageError('--load-in-4bit freezes the experts in NF4: train adapters (--lora-r > 0)');
-  const folder = openModelFolder(settings.model ?? undefined, {loadIn4bit: flags['load-in-4bit'] === true});
+  if (settings.loadIn4bit && r === 0) throw new UsageError('--load-in-4bit freezes the experts in NF4: train adapters (--lora-r > 0)');
+  const folder = openModelFolder(settings.model ?? undefined, {loadIn4bit: settings.loadIn4bit});
   const tokenizer = requireTokenizer(folder, 'train');
   const data = settings.data ?? path.join(defaultFolder(), 'corpus.txt');
   const batches = new Batches(tokenWindows(data, tokenizer, settings.seqLen), settings.batch, settings.seed);
@@ -124,22 +125,20 @@ export async function train(argv: string[]): Promise<void> {
   let base = folder.dir;
   if (folder.isDefault) {
     base = path.join(out, 'base');
-    saveHfCheckpoint(model, folder.hfConfig, base);
-    copyTokenizerFiles(folder.dir, base);
+    saveModelFolder(folder, base);
   }
   if (r > 0) {
     savePeftAdapter(model, path.join(out, 'adapter'), {baseModel: base});
     console.log(`loss ${lastLoss.toFixed(4)} after ${steps} steps; adapter: ${path.join(out, 'adapter')} (base model ${base})`);
   } else {
-    saveHfCheckpoint(model, folder.hfConfig, path.join(out, 'model'));
-    copyTokenizerFiles(folder.dir, path.join(out, 'model'));
+    saveModelFolder(folder, path.join(out, 'model'));
     console.log(`loss ${lastLoss.toFixed(4)} after ${steps} steps; model: ${path.join(out, 'model')}`);
   }
 }
 
 async function saveCheckpoint(model: tfl.LayersModel, dir: string, state: TrainerState): Promise<void> {
   await model.save(`file://${dir}`, {includeOptimizer: true});
-  fs.writeFileSync(path.join(dir, 'trainer_state.json'), JSON.stringify(state, null, 2));
+  writeAtomically(path.join(dir, 'trainer_state.json'), fd => fs.writeSync(fd, JSON.stringify(state, null, 2)));
 }
 
 /** Loads weights and optimizer state of the checkpoint in `dir`; returns the step to continue from. */
@@ -152,14 +151,18 @@ async function resume(model: tfl.LayersModel, optimizer: AdamW, dir: string, set
       throw new UsageError(`--resume: the checkpoint was made with ${key} = ${JSON.stringify(state.settings[key])}, not ${JSON.stringify(value)}`);
     }
   }
-  const saved = await tfl.loadLayersModel(`file://${dir}/model.json`);
+  // The weights are decoded straight into this model and optimizer (no second model in memory),
+  // in the order they were saved: the model's weights, then the optimizer's.
+  const artifacts = await tf.io.getLoadHandlers(`file://${dir}/model.json`)[0].load!();
+  const specs = artifacts.weightSpecs ?? [];
+  const tensors = tf.io.decodeWeights(artifacts.weightData!, specs);
   try {
-    model.setWeights(saved.getWeights());
-    if (!saved.optimizer) throw new UsageError(`--resume: ${dir} holds no optimizer state`);
-    await optimizer.setWeights(await saved.optimizer.getWeights());
-    saved.optimizer.dispose();
+    const optimizerWeights = specs.filter(w => w.group === 'optimizer').map(w => ({name: w.name, tensor: tensors[w.name]}));
+    if (optimizerWeights.length === 0) throw new UsageError(`--resume: ${dir} holds no optimizer state`);
+    model.setWeights(specs.filter(w => w.group !== 'optimizer').map(w => tensors[w.name]));
+    await optimizer.setWeights(optimizerWeights);
   } finally {
-    saved.dispose();
+    tf.dispose(Object.values(tensors));
   }
   return state.step;
 }
