@@ -165,7 +165,7 @@ void GroupedGemm(const Napi::CallbackInfo& info) {
 
 // NF4 experts of n = N·K values each: their bytes and absmax per expert, checked before any launch.
 struct Nf4Sizes {
-  int64_t bytes, blocks;
+  int64_t bytes, blocks, blocksize;
 };
 
 Nf4Sizes nf4_sizes(const Napi::CallbackInfo& info, int64_t n, int64_t E, size_t blocksize_arg) {
@@ -175,7 +175,7 @@ Nf4Sizes nf4_sizes(const Napi::CallbackInfo& info, int64_t n, int64_t E, size_t 
   if (n < 0) throw Napi::RangeError::New(info.Env(), "the weight has more than 2^63 values");
   if (E > 1 && n % 2 != 0)
     throw Napi::RangeError::New(info.Env(), "stacked NF4 experts need an even number of values each, got " + std::to_string(n));
-  return {(n + 1) / 2, (n + block - 1) / block};
+  return {(n + 1) / 2, (n + block - 1) / block, block};
 }
 
 // groupedGemmNf4(x, packed, absmax, groupSizes, y, M, K, N, E, blocksize, transposeWeight, precision)
@@ -190,8 +190,8 @@ void GroupedGemmNf4(const Napi::CallbackInfo& info) {
   const int32_t* g = device<int32_t>(info, 3, "groupSizes", E);
   float* y = device<float>(info, 4, "output", product(M, N));
   check(info.Env(),
-        moe::cuda::grouped_gemm_nf4(x, packed, absmax, g, y, M, K, N, E, static_cast<int>(dim(info, 9, "blocksize")),
-                                    transpose, p, stream(info.Env())),
+        moe::cuda::grouped_gemm_nf4(x, packed, absmax, g, y, M, K, N, E, static_cast<int>(sizes.blocksize), transpose, p,
+                                    stream(info.Env())),
         "groupedGemmNf4");
 }
 
@@ -203,7 +203,7 @@ void Nf4Dequantize(const Napi::CallbackInfo& info) {
   const float* absmax = device<float>(info, 1, "absmax", product(E, sizes.blocks));
   float* out = device<float>(info, 5, "output", product(E, n));
   check(info.Env(),
-        moe::cuda::nf4_dequantize(packed, absmax, E, n, static_cast<int>(dim(info, 4, "blocksize")), out, stream(info.Env())),
+        moe::cuda::nf4_dequantize(packed, absmax, E, n, static_cast<int>(sizes.blocksize), out, stream(info.Env())),
         "nf4Dequantize");
 }
 

@@ -92,7 +92,7 @@ export function writePeftAdapter(adapters: Map<string, ModuleAdapter>, dir: stri
     }
   }
   for (const [mlp, projections] of experts) {
-    const fused = fusedExperts(mlp, projections);
+    const fused = fusedExpertEntries(mlp, projections);
     for (const entry of fused) targetParameters.add(`mlp.experts.${entry.key.slice(entry.key.lastIndexOf('.') + 1)}`);
     entries.push(...fused);
   }
@@ -128,7 +128,7 @@ export function writePeftAdapter(adapters: Map<string, ModuleAdapter>, dir: stri
  * A_e = [A_gate_e; A_up_e], B_e = blockdiag(B_gate_e, B_up_e) at rank 2r with alpha doubled
  * (√2·alpha with rsLoRA), which keeps the scaling. A projection without an adapter gets zeros.
  */
-function fusedExperts(mlp: string, projections: Map<string, ModuleAdapter>): Entry[] {
+function fusedExpertEntries(mlp: string, projections: Map<string, ModuleAdapter>): Entry[] {
   const entries: Entry[] = [];
   const gateAdapter = projections.get('gate_proj'), upAdapter = projections.get('up_proj');
   const down = projections.get('down_proj');

@@ -71,10 +71,10 @@ export async function evaluate(argv: string[]): Promise<void> {
   let lossSum = 0;
   for (let start = 0; start < rows.length; start += batch) {
     const part = rows.slice(start, start + batch);
-    const data = new Int32Array(part.length * S);
-    part.forEach((r, i) => data.set(r, i * S));
+    const batchIds = new Int32Array(part.length * S);
+    part.forEach((r, i) => batchIds.set(r, i * S));
     const [values, loss] = tf.tidy(() => {
-      const ids = tf.tensor2d(data, [part.length, S], 'int32');
+      const ids = tf.tensor2d(batchIds, [part.length, S], 'int32');
       const out = model.predict(ids) as tf.Tensor3D;
       return [logits ? out.dataSync() : undefined, causalLmLoss(ids, out).dataSync()[0]] as const;
     });
