@@ -4,8 +4,8 @@
 // [K, N], B(j, r) = w[e, r, j], MN-major. dW: A(i, r) = dy[row0 + r, n0 + i] and B(j, r) =
 // x[row0 + r, k0 + j], both MN-major, r over the expert's rows. wgmma reads both K-major.
 //
-// The operands are float32 in global memory and the tensor cores read tf32 or bf16 from shared
-// memory. Warp-specialized: one producer thread has the tensor memory accelerator (TMA) copy each
+// The operands are float32 in global memory (or, for the forward's B, NF4 codes that the producers
+// decode: Nf4Stages in nf4_operand.cuh) and the tensor cores read tf32 or bf16 from shared memory. Warp-specialized: one producer thread has the tensor memory accelerator (TMA) copy each
 // stage (32 deep) global → shared as float32, 128-byte swizzled, rows past the tensors and r past
 // the depth zero-filled; the producer warpgroup then rounds it (tf32: round to nearest, ties
 // away, as cvt.rna; bf16: round to nearest even) into the layout that wgmma reads: 128-byte (tf32,
@@ -50,24 +50,30 @@ __device__ __forceinline__ uint32_t swizzle(uint32_t offset) {
 }
 
 // Shared memory in precision kP: kSlots raw stages (float32, 128-byte rows: row i of the stage
-// holds r = 0..31 of A row i, or of B row i − kBM), for bf16 kSlots math stages (64-byte rows;
-// tf32 rounds in place, so its raw stages are its math stages), then the mbarriers of the slots:
-// raw_full (TMA landed), full (rounded), empty (consumers done), raw_empty (bf16: rounding done).
-// Stage s of a block's stream uses slot s % kSlots of each ring.
-template <Precision kP>
+// holds r = 0..31 of A row i, or of B row i − kBM; with NF4 weights, B's part is kRawB bytes of
+// codes instead, see nf4_operand.cuh), for bf16 or NF4 kSlots math stages (rows of 64 bytes for bf16,
+// 128 for tf32; tf32 with float B rounds in place, so its raw stages are its math stages), then the
+// mbarriers of the slots: raw_full (copies landed), full (rounded), empty (consumers done),
+// raw_empty (rounding done, when not in place). Stage s of a block's stream uses slot s % kSlots
+// of each ring.
+template <Precision kP, int kRawB = kBN * 128>
 struct Layout {
   static_assert(kP == Precision::kTf32 || kP == Precision::kBf16, "wgmma path: tf32 and bf16");
-  static constexpr bool kInPlace = kP == Precision::kTf32;
-  static constexpr int kSlots = kInPlace ? 4 : 3;  // see run_tiles for why these suffice
-  static constexpr int kRawPitch = 128, kRawBytes = kRows * kRawPitch;
-  static constexpr int kElemBytes = kInPlace ? 4 : 2;
+  static constexpr bool kNf4 = kRawB != kBN * 128;
+  static constexpr bool kInPlace = kP == Precision::kTf32 && !kNf4;
+  // see run_tiles for why these suffice; NF4's small raw stages leave room for a 4th in bf16
+  static constexpr int kSlots = kInPlace || (kNf4 && kP == Precision::kBf16) ? 4 : 3;
+  static constexpr int kRawPitch = 128, kRawBytes = kBM * kRawPitch + kRawB;
+  static_assert(kRawBytes % 1024 == 0, "stages stay 1024-byte aligned for the swizzles");
+  static constexpr int kElemBytes = kP == Precision::kTf32 ? 4 : 2;
   static constexpr int kPitch = kBK * kElemBytes;  // math rows: 128 (tf32) or 64 (bf16) bytes
   static constexpr int kBytes = kRows * kPitch;
   static constexpr int kMathOffset = kInPlace ? 0 : kSlots * kRawBytes;
   static constexpr int kBarrierOffset = kMathOffset + kSlots * kBytes;
-  static constexpr size_t kSmemBytes = kBarrierOffset + 4 * kSlots * sizeof(uint64_t) + 1024;  // + alignment slack
+  static constexpr int kPlanOffset = kBarrierOffset + 4 * kSlots * sizeof(uint64_t);  // a copy of the plan may follow
+  static constexpr size_t kSmemBytes = kPlanOffset + 1024;  // + alignment slack
   static constexpr uint64_t kLayoutType = kPitch == 128 ? 1 : 2;     // descriptor: 128 B / 64 B swizzle
-  static constexpr int kStepDepth = kInPlace ? 8 : 16;               // r per wgmma: 32 bytes either way
+  static constexpr int kStepDepth = kP == Precision::kTf32 ? 8 : 16;              // r per wgmma: 32 bytes either way
 
   __device__ static uint8_t* raw(uint8_t* smem, int slot) { return smem + slot * kRawBytes; }
   __device__ static uint8_t* math(uint8_t* smem, int slot) { return smem + kMathOffset + slot * kBytes; }
@@ -199,30 +205,39 @@ struct TileJob {
   int rows, cols;
 };
 
-// Rounds producer p's 16-byte pieces of the first kCount · kRowStep rows of a landed raw stage
-// into its math stage (tf32: the same place), row for row.
+// Producer p's 16-byte pieces of the first kCount · kRowStep rows of a landed raw stage, row
+// for row: load_rows reads them, store_rows writes them rounded into the math stage (tf32 with
+// float B: the same place); convert_rows does both, kBatch loads in flight at a time.
+template <int kCount>
+__device__ __forceinline__ void load_rows(const uint8_t* raw, int p, uint4 (&v)[kCount]) {
+  const uint32_t offset = swizzle<128>(p / 8 * 128 + p % 8 * 16);
+#pragma unroll
+  for (int q = 0; q < kCount; ++q) v[q] = *reinterpret_cast<const uint4*>(raw + offset + q * kRowStep * 128);
+}
+
+template <Precision kP, int kCount>
+__device__ __forceinline__ void store_rows(uint8_t* math, int p, const uint4 (&v)[kCount]) {
+  using L = Layout<kP>;
+  const uint32_t offset = swizzle<L::kPitch>(p / 8 * L::kPitch + p % 8 * 4 * L::kElemBytes);
+#pragma unroll
+  for (int q = 0; q < kCount; ++q) {
+    uint8_t* dst = math + offset + q * kRowStep * L::kPitch;
+    if constexpr (kP == Precision::kTf32)
+      *reinterpret_cast<uint4*>(dst) = make_uint4(to_tf32(v[q].x), to_tf32(v[q].y), to_tf32(v[q].z), to_tf32(v[q].w));
+    else
+      *reinterpret_cast<uint2*>(dst) = make_uint2(to_bf16x2(v[q].x, v[q].y), to_bf16x2(v[q].z, v[q].w));
+  }
+}
+
 template <Precision kP, int kCount>
 __device__ __forceinline__ void convert_rows(const uint8_t* raw, uint8_t* math, int p) {
-  using L = Layout<kP>;
-  const int row = p / 8, c = p % 8;
-  const uint32_t raw_offset = swizzle<L::kRawPitch>(row * L::kRawPitch + c * 16);
-  const uint32_t math_offset = swizzle<L::kPitch>(row * L::kPitch + c * 4 * L::kElemBytes);
-  constexpr int kBatch = 8;  // loads in flight at a time
+  constexpr int kBatch = kCount < 8 ? kCount : 8;
   static_assert(kCount % kBatch == 0, "whole batches");
 #pragma unroll
   for (int q0 = 0; q0 < kCount; q0 += kBatch) {
     uint4 v[kBatch];
-#pragma unroll
-    for (int q = 0; q < kBatch; ++q)
-      v[q] = *reinterpret_cast<const uint4*>(raw + raw_offset + (q0 + q) * kRowStep * L::kRawPitch);
-#pragma unroll
-    for (int q = 0; q < kBatch; ++q) {
-      uint8_t* dst = math + math_offset + (q0 + q) * kRowStep * L::kPitch;
-      if constexpr (L::kInPlace)
-        *reinterpret_cast<uint4*>(dst) = make_uint4(to_tf32(v[q].x), to_tf32(v[q].y), to_tf32(v[q].z), to_tf32(v[q].w));
-      else
-        *reinterpret_cast<uint2*>(dst) = make_uint2(to_bf16x2(v[q].x, v[q].y), to_bf16x2(v[q].z, v[q].w));
-    }
+    load_rows(raw + q0 * kRowStep * 128, p, v);
+    store_rows<kP>(math + q0 * kRowStep * Layout<kP>::kPitch, p, v);
   }
 }
 
@@ -304,6 +319,13 @@ __device__ __forceinline__ void convert(const uint8_t* raw, uint8_t* math, int p
   if constexpr (kBMN) store_blocks<kP, kBN / 32>(math_b, p, vb);
 }
 
+// B's source when its weights are float32: TMA boxes, rounded by the producers (NF4 weights:
+// Nf4Stages, nf4_operand.cuh, with the same members).
+struct FloatB {
+  static constexpr bool kNf4 = false;
+  static constexpr int kRawBytes = kBN * 128;
+};
+
 // Bytes of one operand's part of a stage: K-major, one box of kRowsOp rows; MN-major, the boxes of
 // 32 columns that reach the extent (boxes wholly past it are skipped: they reach only outputs that
 // are not stored).
@@ -346,20 +368,23 @@ __device__ __forceinline__ void store_tile(const float (&acc)[kAcc], const TileJ
 // A persistent block's stream: tiles blockIdx.x, blockIdx.x + gridDim.x, … < num_tiles, job(tile)
 // giving each one's operands, depth and output (TileJob; A, B MN-major when kAMN, kBMN). The
 // stream's stages are the tiles' num_k = ⌈depth / 32⌉ stages in order (tiles of depth 0 have none
-// and store zeros); stage s is in slot s % kSlots, on pass s / kSlots over the ring.
-// smem: Layout<kP>::kSmemBytes − 1024 bytes, 1024-byte aligned.
+// and store zeros); stage s is in slot s % kSlots, on pass s / kSlots over the ring. B comes from
+// B (FloatB: float32 boxes of map_b, rounded; Nf4Stages: NF4 codes of map_b and absmax of map_s, decoded).
+// smem: Layout<kP, B::kRawBytes>::kSmemBytes − 1024 bytes, 1024-byte aligned.
 //
-// Producers, stage s: wait on raw_full; (bf16) wait on empty for stage s − 3, whose math slot it
-// takes; round, fence.proxy.async, arrive on full (and on raw_empty). Then the leader copies stage
-// s + 3 once its slot is free: (tf32) the consumers released stage s − 1 (empty), (bf16) every
-// producer has rounded stage s (raw_empty). Consumers, stage s: wait on full; wgmma (async); wait
+// Producers, stage s: wait on raw_full; (not in place) wait on empty for stage s − kSlots, whose
+// math slot it takes; round (decode), fence.proxy.async, arrive on full (and on raw_empty). Then
+// the leader copies stage s + 3 once its slot is free: (in place) the consumers released stage
+// s − 1 (empty), (else) every producer has rounded stage s + 3 − kSlots (raw_empty). Consumers,
+// stage s: wait on full; wgmma (async); wait
 // for their wgmma of stage s − 1 and release it (empty); at a tile's end wait for all, release
 // stage s, store the tile. Every wait is for the phase of the slot's current pass; a pass-0 wait
 // on a barrier that guards a free slot asks for parity 1 and returns at once.
-template <Precision kP, bool kAMN, bool kBMN, class Job>
+template <Precision kP, bool kAMN, bool kBMN, class Job, class B = FloatB>
 __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, const Job& job, const CUtensorMap* map_a,
-                                          const CUtensorMap* map_b) {
-  using L = Layout<kP>;
+                                          const CUtensorMap* map_b, const B& b_source = B{},
+                                          const CUtensorMap* map_s = nullptr) {
+  using L = Layout<kP, B::kRawBytes>;
   const auto num_k = [](const TileJob& t) { return (t.depth + kBK - 1) / kBK; };
   const int stride = gridDim.x;
   uint64_t* const raw_full = L::barriers(smem);
@@ -393,10 +418,13 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
         uint8_t* raw = L::raw(smem, slot);
         const int r = copy_k * kBK;
         const uint32_t a_bytes = operand_bytes<kAMN, kBM>(copy_job.rows);
-        const uint32_t b_bytes = operand_bytes<kBMN, kBN>(copy_job.cols);
+        const uint32_t b_bytes = B::kNf4 ? B::kRawBytes : operand_bytes<kBMN, kBN>(copy_job.cols);
         mbar_arrive_expect_tx(&raw_full[slot], a_bytes + b_bytes);
         load_operand<kAMN>(raw, map_a, copy_job, copy_job.a_row, a_bytes, r, &raw_full[slot]);
-        load_operand<kBMN>(raw + kBM * L::kRawPitch, map_b, copy_job, copy_job.b_row, b_bytes, r, &raw_full[slot]);
+        if constexpr (B::kNf4)
+          b_source.copy(raw + kBM * L::kRawPitch, map_b, map_s, copy_job, r, &raw_full[slot]);
+        else
+          load_operand<kBMN>(raw + kBM * L::kRawPitch, map_b, copy_job, copy_job.b_row, b_bytes, r, &raw_full[slot]);
       }
       if (++copy_k == num_k(copy_job)) copy_tile += stride, copy_k = 0, seek();
     };
@@ -409,7 +437,15 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
       for (int k = 0; k < num_k(cur); ++k) {
         mbar_wait(&raw_full[slot], pass & 1);
         if (!L::kInPlace) mbar_wait(&empty[slot], (pass & 1) ^ 1);
-        convert<kP, kAMN, kBMN>(L::raw(smem, slot), L::math(smem, slot), p, cur.depth - k * kBK);
+        if constexpr (B::kNf4) {  // A's loads are in flight while B decodes
+          uint4 a[kBM / kRowStep];
+          load_rows(L::raw(smem, slot), p, a);
+          b_source.template decode<kP>(L::raw(smem, slot) + kBM * L::kRawPitch, L::math(smem, slot) + kBM * L::kPitch, p,
+                                       k * kBK);
+          store_rows<kP>(L::math(smem, slot), p, a);
+        } else {
+          convert<kP, kAMN, kBMN>(L::raw(smem, slot), L::math(smem, slot), p, cur.depth - k * kBK);
+        }
         fence_proxy_async();
         mbar_arrive(&full[slot]);
         if (!L::kInPlace) mbar_arrive(&raw_empty[slot]);

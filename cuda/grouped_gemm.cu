@@ -90,6 +90,7 @@ struct GemmArgs {
   int64_t tiles_n, tiles_k;  // column blocks of y (forward, dX); n and k blocks of dw[e] (dW)
   Plan plan;
   bool out_vec4;  // rows of the output take 16-byte stores
+  bool plan_in_smem;  // sm_90a row tiles: the plan is copied into shared memory, after the pipeline's
   // NF4 weights (kNf4 ops; w unused): expert e's codes at nf4 + e·nf4_bytes, absmax at absmax + e·nf4_blocks.
   const uint8_t* nf4;
   const float* absmax;
@@ -147,11 +148,16 @@ __global__ void __launch_bounds__(Shape::kThreads) grouped_gemm_kernel(const Gem
 // sm_90a (tf32, bf16): the same schedules over 128 × 256 tiles, wgmma tile math, operands by TMA.
 // Forward: map_a over x [M, K], map_b over w as [E·N, K]. dX: map_b over w as [E, K, N]. dW
 // (tiles of dw[e] [N, K], r over the expert's rows): map_a over dy as [1, M, N], map_b over x as
-// [1, M, K]. Needs K, N % 4 == 0, 16-byte aligned x, w (dy), y (dw), coordinates below 2³¹.
+// [1, M, K]. NF4 forward: map_a as forward, map_b over the codes as [E·N, K/2] bytes and map_s
+// over absmax as [E·N, K/blocksize] (Nf4Stages); map_s is unused by the other ops. Needs K, N % 4
+// == 0, 16-byte aligned x, w (dy), y (dw), coordinates below 2³¹.
+template <Op kOp>
+using Sm90B = std::conditional_t<kNf4<kOp>, gemm::Nf4Stages, gemm::sm90::FloatB>;
+
 template <Precision kP, Op kOp>
 __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
     grouped_gemm_sm90_kernel(const GemmArgs args, const __grid_constant__ CUtensorMap map_a,
-                             const __grid_constant__ CUtensorMap map_b) {
+                             const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_s) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   namespace g90 = gemm::sm90;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
@@ -169,15 +175,34 @@ __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
     g90::run_tiles<kP, true, true>(smem, args.E * args.tiles_n * args.tiles_k, job, &map_a, &map_b);
   } else {
     // y[row0 + i, col0 + j] = Σ_k x[row0 + i, k] · w[e, col0 + j, k]   (dX: w[e, k, col0 + j])
+    static_assert(kOp != Op::kForwardTransposedNf4, "NF4 dX runs the sm_80 path");
     constexpr bool kTransposed = kOp == Op::kForwardTransposed;
+    // Every thread maps each of its tiles to an expert (a search over the plan, 2–3 rounds of
+    // dependent loads); from shared memory rather than global, where it fits.
+    gemm::Plan plan = args.plan;
+    if (args.plan_in_smem) {
+      int64_t* cached = reinterpret_cast<int64_t*>(smem + g90::Layout<kP, Sm90B<kOp>::kRawBytes>::kPlanOffset);
+      for (int64_t e = threadIdx.x; e <= args.E; e += blockDim.x)
+        cached[e] = plan.row_start[e], cached[args.E + 1 + e] = plan.tile_start[e];
+      __syncthreads();
+      plan = gemm::Plan{cached, cached + args.E + 1, args.E};
+    }
     const auto job = [&](int64_t tile) {
-      const RowTile t = gemm::row_tile(args.plan, tile, g90::kBM, g90::kBN, args.tiles_n);
+      const RowTile t = gemm::row_tile(plan, tile, g90::kBM, g90::kBN, args.tiles_n);
       const int cols = static_cast<int>(min(args.N - t.col0, static_cast<int64_t>(g90::kBN)));
       const int b_row = static_cast<int>(kTransposed ? t.col0 : t.expert * args.N + t.col0);
       return g90::TileJob{static_cast<int>(t.row0), b_row, static_cast<int>(t.expert), 0, static_cast<int>(args.K),
                           args.out + t.row0 * args.N + t.col0, args.N, t.rows, cols};
     };
-    g90::run_tiles<kP, false, kTransposed>(smem, args.plan.tile_start[args.E], job, &map_a, &map_b);
+    if constexpr (kNf4<kOp>) {
+      __shared__ float code[16];
+      if (threadIdx.x < 16) code[threadIdx.x] = gemm::kNf4Code[threadIdx.x];
+      __syncthreads();
+      const gemm::Nf4Stages nf4{code, args.log2_block};
+      g90::run_tiles<kP, false, false>(smem, plan.tile_start[args.E], job, &map_a, &map_b, nf4, &map_s);
+    } else {
+      g90::run_tiles<kP, false, kTransposed>(smem, plan.tile_start[args.E], job, &map_a, &map_b);
+    }
   }
 #else
   __trap();  // launched only on devices of compute capability 9.0, which run the sm_90a image
@@ -190,11 +215,12 @@ bool valid_precision(Precision p) {
   return p == Precision::kTf32 || p == Precision::kBf16 || p == Precision::kHighest;
 }
 
-// Multiprocessors and, if asked, compute capability (10·major + minor) of the current device;
-// cudaErrorNoKernelImageForDevice below sm_80.
-cudaError_t device_sms(int* sms, int* capability = nullptr) {
+// Multiprocessors and, if asked, compute capability (10·major + minor) and the shared memory a
+// block may opt into of the current device; cudaErrorNoKernelImageForDevice below sm_80.
+cudaError_t device_sms(int* sms, int* capability = nullptr, int* max_smem = nullptr) {
   int device = 0, major = 0, minor = 0;
   cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess && max_smem) err = cudaDeviceGetAttribute(max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
@@ -260,12 +286,14 @@ cudaError_t run(GemmArgs args, const int32_t* group_sizes, bool vec4, int sms, c
   });
 }
 
-// A TMA descriptor of float32 at base (16-byte aligned): extents dims (dims[0] contiguous, a
-// multiple of 4), byte pitches of dims 1.. in pitches, boxes of box (box[0] = 32: 128 bytes),
-// 128-byte swizzled, zeros outside. The driver's encoder is looked up once through the runtime
-// (no link to libcuda); false where the driver lacks it.
-bool encode_tma(CUtensorMap* map, const float* base, cuuint32_t rank, const cuuint64_t* dims,
-                const cuuint64_t* pitches, const cuuint32_t* box) {
+// A TMA descriptor of elements `type` at base (16-byte aligned): extents dims (dims[0] contiguous),
+// byte pitches (multiples of 16) of dims 1.. in pitches, boxes of box, zeros outside; float32
+// operands (box[0] = 32: 128 bytes) are 128-byte swizzled, NF4 codes and absmax are not. The
+// driver's encoder is looked up once through the runtime (no link to libcuda); false where the
+// driver lacks it.
+bool encode_tma(CUtensorMap* map, const void* base, cuuint32_t rank, const cuuint64_t* dims, const cuuint64_t* pitches,
+                const cuuint32_t* box, CUtensorMapDataType type = CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
+                CUtensorMapSwizzle swizzle = CU_TENSOR_MAP_SWIZZLE_128B) {
   static const auto encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found{};
@@ -276,9 +304,8 @@ bool encode_tma(CUtensorMap* map, const float* base, cuuint32_t rank, const cuui
   }();
   if (!encode) return false;
   const cuuint32_t steps[3] = {1, 1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, rank, const_cast<float*>(base), dims, pitches, box, steps,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  return encode(map, type, rank, const_cast<void*>(base), dims, pitches, box, steps, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 // rows × depth, row-major: boxes of 32 × box_rows (x; w in the forward pass).
@@ -297,9 +324,25 @@ bool encode_tma_kn(CUtensorMap* map, const float* w, int64_t E, int64_t K, int64
   return encode_tma(map, w, 3, dims, pitches, box);
 }
 
+// NF4 experts of [N, K] as [E·N rows, K/2] bytes of codes (boxes of 16 × kBN: a stage's 32 codes)
+// and [E·N rows, K/blocksize] float32 absmax (boxes of 4 × kBN); needs K % (4 · blocksize) == 0.
+bool encode_tma_nf4(CUtensorMap* codes, CUtensorMap* absmax, const uint8_t* packed, const float* scales, int64_t rows,
+                    int64_t K, int blocksize) {
+  const cuuint64_t code_dims[2] = {static_cast<cuuint64_t>(K / 2), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t code_pitches[1] = {static_cast<cuuint64_t>(K / 2)};
+  const cuuint32_t code_box[2] = {16, gemm::sm90::kBN};
+  const cuuint64_t scale_dims[2] = {static_cast<cuuint64_t>(K / blocksize), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t scale_pitches[1] = {static_cast<cuuint64_t>(K / blocksize) * sizeof(float)};
+  const cuuint32_t scale_box[2] = {4, gemm::sm90::kBN};
+  return encode_tma(codes, packed, 2, code_dims, code_pitches, code_box, CU_TENSOR_MAP_DATA_TYPE_UINT8,
+                    CU_TENSOR_MAP_SWIZZLE_NONE) &&
+         encode_tma(absmax, scales, 2, scale_dims, scale_pitches, scale_box, CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
+                    CU_TENSOR_MAP_SWIZZLE_NONE);
+}
+
 template <Precision kP, Op kOp>
-cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_a, const CUtensorMap& map_b, const int32_t* group_sizes,
-                     int sms, cudaStream_t stream) {
+cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_a, const CUtensorMap& map_b, const CUtensorMap& map_s,
+                     const int32_t* group_sizes, int sms, cudaStream_t stream) {
   namespace g90 = gemm::sm90;
   int64_t max_tiles;  // a bound on the tiles, to size the grid
   int plan_bm;
@@ -314,22 +357,35 @@ cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_a, const CUtensorMap&
     max_tiles = ((args.M + g90::kBM - 1) / g90::kBM + args.E) * args.tiles_n;
     plan_bm = g90::kBM;
   }
+  // Row tiles: the plan (2 · (E + 1) int64) follows the pipeline in shared memory where the device has room.
+  const auto kernel = grouped_gemm_sm90_kernel<kP, kOp>;
+  int max_smem = 0;
+  cudaFuncAttributes attributes{};
+  cudaError_t err = device_sms(&sms, nullptr, &max_smem);
+  if (err == cudaSuccess) err = cudaFuncGetAttributes(&attributes, kernel);
+  if (err != cudaSuccess) return err;
+  constexpr size_t kSmem = g90::Layout<kP, Sm90B<kOp>::kRawBytes>::kSmemBytes;
+  const size_t plan_bytes = 2 * (args.E + 1) * sizeof(int64_t);
+  args.plan_in_smem = kOp != Op::kGradWeight &&
+                      attributes.sharedSizeBytes + kSmem + plan_bytes <= static_cast<size_t>(max_smem);
+  const size_t smem = kSmem + (args.plan_in_smem ? plan_bytes : 0);
   return with_plan(args, group_sizes, plan_bm, stream, [&](const GemmArgs& planned) {
-    const auto kernel = grouped_gemm_sm90_kernel<kP, kOp>;
-    constexpr size_t kSmem = g90::Layout<kP>::kSmemBytes;
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (err != cudaSuccess) return err;
-    kernel<<<static_cast<unsigned>(std::min<int64_t>(max_tiles, sms)), g90::kThreads, kSmem, stream>>>(planned, map_a,
-                                                                                                     map_b);
+    const cudaError_t set = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (set != cudaSuccess) return set;
+    kernel<<<static_cast<unsigned>(std::min<int64_t>(max_tiles, sms)), g90::kThreads, smem, stream>>>(planned, map_a,
+                                                                                                    map_b, map_s);
     return cudaGetLastError();
   });
 }
 
 template <Op kOp>
 cudaError_t run_sm90(const GemmArgs& args, const CUtensorMap& map_a, const CUtensorMap& map_b,
-                     const int32_t* group_sizes, Precision precision, int sms, cudaStream_t stream) {
-  return precision == Precision::kTf32 ? run_sm90<Precision::kTf32, kOp>(args, map_a, map_b, group_sizes, sms, stream)
-                                       : run_sm90<Precision::kBf16, kOp>(args, map_a, map_b, group_sizes, sms, stream);
+                     const int32_t* group_sizes, Precision precision, int sms, cudaStream_t stream,
+                     const CUtensorMap* map_s = nullptr) {
+  const CUtensorMap& s = map_s ? *map_s : map_b;  // unused unless NF4
+  return precision == Precision::kTf32
+             ? run_sm90<Precision::kTf32, kOp>(args, map_a, map_b, s, group_sizes, sms, stream)
+             : run_sm90<Precision::kBf16, kOp>(args, map_a, map_b, s, group_sizes, sms, stream);
 }
 
 template <Op kOp, Precision kP>
@@ -398,8 +454,8 @@ cudaError_t grouped_gemm_nf4(const float* x, const uint8_t* packed, const float*
       (M > 0 && N > 0 && !y))
     return cudaErrorInvalidValue;
   if (M == 0 || N == 0 || E == 0) return cudaSuccess;
-  int sms = 0;
-  cudaError_t err = device_sms(&sms);
+  int sms = 0, capability = 0;
+  cudaError_t err = device_sms(&sms, &capability);
   if (err != cudaSuccess) return err;
 
   GemmArgs args{};
@@ -410,6 +466,15 @@ cudaError_t grouped_gemm_nf4(const float* x, const uint8_t* packed, const float*
   // Rows of w (K long, or N when transposed) start on 8-code boundaries in every expert.
   args.nf4_aligned = aligned(packed, 4) && args.nf4_bytes % 4 == 0 && (transpose_weight ? N : K) % 8 == 0;
   const bool vec4 = K % 4 == 0 && aligned(x, 16);
+  // The sm_90a forward (tf32, bf16): the float forward's shape rule, and rows of whole groups of 4
+  // blocks, so that codes and absmax tile as TMA boxes (encode_tma_nf4).
+  const bool sm90_shape = N >= gemm::sm90::kBN && K >= 64 && (K >= 512 || N <= 1024) && K % (4 * blocksize) == 0;
+  CUtensorMap map_x, map_codes, map_absmax;
+  if (capability == 90 && !transpose_weight && (precision == Precision::kTf32 || precision == Precision::kBf16) &&
+      sm90_shape && vec4 && args.out_vec4 && aligned(packed, 16) && aligned(absmax, 16) &&
+      std::max(M, E * N) < (int64_t{1} << 31) && encode_tma_rows(&map_x, x, M, K, gemm::sm90::kBM) &&
+      encode_tma_nf4(&map_codes, &map_absmax, packed, absmax, E * N, K, blocksize))
+    return run_sm90<Op::kForwardNf4>(args, map_x, map_codes, group_sizes, precision, sms, stream, &map_absmax);
   return transpose_weight ? run<Op::kForwardTransposedNf4>(args, group_sizes, precision, vec4, sms, stream)
                           : run<Op::kForwardNf4>(args, group_sizes, precision, vec4, sms, stream);
 }

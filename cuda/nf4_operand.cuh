@@ -1,6 +1,7 @@
 // NF4 weights (bitsandbytes' 4-bit format, src/quant/nf4.ts) as the B operand of the sm_80 tile
-// math (gemm_sm80.cuh): copied raw through the cp.async pipeline and decoded to float32 in shared
-// memory one k-step at a time, so the grouped GEMM never holds a float copy of the weight.
+// math (gemm_sm80.cuh) and of the sm_90a forward (gemm_sm90.cuh): copied raw through the
+// pipeline and decoded in shared memory one k-step at a time, so the grouped GEMM never holds a
+// float copy of the weight.
 //
 // One expert's weight W[e] [rows_w, ld] (row-major, flat index f = row · ld + col) is stored as
 //   packed  ⌈n/2⌉ bytes: value f in byte f/2, high nibble for even f
@@ -15,6 +16,7 @@
 #include <cstdint>
 
 #include "gemm_sm80.cuh"
+#include "gemm_sm90.cuh"
 
 namespace moe::cuda::gemm {
 
@@ -123,6 +125,81 @@ struct Nf4Copier {
       *reinterpret_cast<float4*>(tile + Tile::offset(k.i, rs)) = make_float4(v[0], v[1], v[2], v[3]);
       *reinterpret_cast<float4*>(tile + (kKMajor ? Tile::offset(k.i, rs + 4) : Tile::offset(k.i + 4, rs))) =
           make_float4(v[4], v[5], v[6], v[7]);
+    }
+  }
+};
+
+// The NF4 weight as B of the sm_90a forward (sm90::run_tiles): B(j, r) = W[e][col0 + j][r], W[e]
+// [N, K] with K a multiple of 4 blocks of ≥ 32 codes, so that a stage's 32 codes of a row lie in one
+// block. The leader's TMA brings a stage's raw part: the kBN rows' 32 codes (16 bytes a row, packed
+// viewed as [E·N, K/2] bytes), then their absmax (16 bytes a row: the aligned group of 4 blocks that
+// holds the stage's, absmax viewed as [E·N, K/blocksize] float32; a box starts on 16 bytes). Rows past the expert are another
+// expert's or zeros: they reach only outputs that are not stored. The producers decode code · absmax
+// (float32, as bitsandbytes) rounded to the math stage's precision, K-major.
+struct Nf4Stages {
+  static constexpr bool kNf4 = true;
+  static constexpr int kCodeBytes = sm90::kBN * 16;
+  static constexpr int kRawBytes = 2 * kCodeBytes;
+  static constexpr int kRowsEach = sm90::kBN / sm90::kProducers;  // rows per producer
+  static_assert(kRowsEach * sm90::kProducers == sm90::kBN, "producers share B's rows evenly");
+
+  const float* code;  // kNf4Code in shared memory
+  int log2_block;
+
+  // Stage r (its first k) of rows job.b_row = e·N + col0, … → raw, completing on bar (leader);
+  // codes: boxes of 16 bytes × kBN rows, absmax: boxes of 4 blocks × kBN rows.
+  __device__ __forceinline__ void copy(uint8_t* raw, const CUtensorMap* codes, const CUtensorMap* absmax,
+                                       const sm90::TileJob& job, int r, uint64_t* bar) const {
+    sm90::tma_load(raw, codes, r / 2, job.b_row, bar);
+    sm90::tma_load(raw + kCodeBytes, absmax, (r >> log2_block) & ~3, job.b_row, bar);
+  }
+
+  // raw → math stage: row j's values 8q .. 8q + 7 are code word q (byte t/2, high nibble first).
+  // Every load comes before the first store: stores to math may alias the table for the compiler,
+  // which would otherwise serialize each word's lookups behind the previous word's stores.
+  template <Precision kP>
+  __device__ __forceinline__ void decode(const uint8_t* raw, uint8_t* math, int p, int r) const {
+    const int block = (r >> log2_block) & 3;  // the stage's absmax in its row's group of 4
+    constexpr bool kTf32 = kP == Precision::kTf32;
+    constexpr int kOut = kTf32 ? 8 : 4;  // 32-bit words of rounded values per code word
+    uint32_t out[2][4][kOut];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int j = p + h * sm90::kProducers;
+      const uint4 words = *reinterpret_cast<const uint4*>(raw + 16 * j);
+      const float scale = *reinterpret_cast<const float*>(raw + kCodeBytes + 16 * j + 4 * block);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        // byte b of hi4 / lo4: 4 × the code of value 2b / 2b + 1, i.e. its byte offset in the table
+        const uint32_t word = sm90::lane_of(words, q), hi4 = word >> 2 & 0x3C3C3C3C, lo4 = word << 2 & 0x3C3C3C3C;
+        uint32_t v[8];
+#pragma unroll
+        for (int t = 0; t < 8; ++t) {
+          const uint32_t offset = __byte_perm(t & 1 ? lo4 : hi4, 0, 0x4440 | (t >> 1));  // byte t/2, zero-extended
+          v[t] = __float_as_uint(*reinterpret_cast<const float*>(reinterpret_cast<const uint8_t*>(code) + offset) * scale);
+        }
+#pragma unroll
+        for (int i = 0; i < kOut; ++i) {
+          if constexpr (kTf32)
+            out[h][q][i] = to_tf32(v[i]);
+          else
+            out[h][q][i] = to_bf16x2(v[2 * i], v[2 * i + 1]);
+        }
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int j = p + h * sm90::kProducers;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const uint32_t* o = out[h][q];
+        if constexpr (kTf32) {  // 128-byte rows: two 16-byte chunks
+          *reinterpret_cast<uint4*>(math + sm90::swizzle<128>(j * 128 + q * 32)) = make_uint4(o[0], o[1], o[2], o[3]);
+          *reinterpret_cast<uint4*>(math + sm90::swizzle<128>(j * 128 + q * 32 + 16)) = make_uint4(o[4], o[5], o[6], o[7]);
+        } else {  // 64-byte rows: one chunk
+          *reinterpret_cast<uint4*>(math + sm90::swizzle<64>(j * 64 + q * 16)) = make_uint4(o[0], o[1], o[2], o[3]);
+        }
+      }
     }
   }
 };

@@ -98,6 +98,12 @@ test.each(['unfused_bf16_sharded', 'hf5_saved', 'hf5_fused_saved', 'fused_f16'])
   }
   expect(() => convertHfCheckpoint(folder, folder, {layout: 'fused'})).toThrow(/must differ from the input/);
   expect(() => convertHfCheckpoint(folder, path.join(dir, 'x'), {layout: 'stacked' as 'fused'})).toThrow(/layout must be 'fused' or 'unfused'/);
+  for (const bnb of ['unfused_bnb', 'hf5_bnb']) {
+    const out = path.join(dir, bnb);
+    expect(() => convertHfCheckpoint(path.join(__dirname, 'fixtures', 'nf4', bnb), out, {layout: 'fused'}))
+      .toThrow(/holds bitsandbytes 4-bit weights \(model\.layers\.\d+\..+\); converting 4-bit checkpoints is not supported/);
+    expect(fs.existsSync(out)).toBe(false);
+  }
 });
 
 test('a bitsandbytes 4-bit checkpoint (Transformers 5, NF4 attention) loads with its weights dequantised as bitsandbytes does', () => {

@@ -15,6 +15,12 @@ const CASES: Array<GroupedCase & {blocksize: number}> = [
   {name: 'thin N = 16', M: 180, K: 256, N: 16, groups: spread(180, 5), blocksize: 64},
   {name: 'E = 1, odd N·K', M: 37, K: 33, N: 7, groups: () => Int32Array.of(37), blocksize: 32},
   {name: 'M = 0', M: 0, K: 64, N: 64, groups: () => new Int32Array(3), blocksize: 64},
+  // Shapes the sm_90a forward takes on compute capability 9.0 (N ≥ 256, K a multiple of 4 blocks); dX stays on sm_80.
+  {name: 'sm_90a: K=512 N=264, partial column tile', M: 700, K: 512, N: 264, groups: spread(700, 3), blocksize: 64},
+  {name: 'sm_90a: empty experts, blocksize 32', M: 400, K: 128, N: 256, groups: () => Int32Array.of(0, 250, 0, 150), blocksize: 32},
+  {name: 'sm_90a: blocksize 256', M: 520, K: 1024, N: 512, groups: () => Int32Array.of(0, 520, 0), blocksize: 256},
+  {name: 'sm_90a: more tiles than SMs, the ring runs on across tiles', M: 18000, K: 128, N: 256, groups: spread(18000, 6), blocksize: 32},
+  {name: 'blocks across rows (4096 > K): the sm_80 path', M: 520, K: 1024, N: 512, groups: () => Int32Array.of(0, 520, 0), blocksize: 4096},
 ];
 
 /** E experts of rows × cols, each quantised on its own (as bitsandbytes' Params4bit), and their float values. */
