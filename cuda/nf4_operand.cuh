@@ -133,9 +133,10 @@ struct Nf4Copier {
 // [N, K] with K a multiple of 4 blocks of ≥ 32 codes, so that a stage's 32 codes of a row lie in one
 // block. The leader's TMA brings a stage's raw part: the kBN rows' 32 codes (16 bytes a row, packed
 // viewed as [E·N, K/2] bytes), then their absmax (16 bytes a row: the aligned group of 4 blocks that
-// holds the stage's, absmax viewed as [E·N, K/blocksize] float32; a box starts on 16 bytes). Rows past the expert are another
-// expert's or zeros: they reach only outputs that are not stored. The producers decode code · absmax
-// (float32, as bitsandbytes) rounded to the math stage's precision, K-major.
+// holds the stage's, absmax viewed as [E·N, K/blocksize] float32; a TMA box starts on 16 bytes).
+// Rows past the expert are another expert's or zeros: they reach only outputs that are not stored.
+// The producers decode code · absmax (float32, as bitsandbytes) rounded to the math stage's
+// precision, K-major, kRowsEach rows each.
 struct Nf4Stages {
   static constexpr bool kNf4 = true;
   static constexpr int kCodeBytes = sm90::kBN * 16;
@@ -162,9 +163,9 @@ struct Nf4Stages {
     const int block = (r >> log2_block) & 3;  // the stage's absmax in its row's group of 4
     constexpr bool kTf32 = kP == Precision::kTf32;
     constexpr int kOut = kTf32 ? 8 : 4;  // 32-bit words of rounded values per code word
-    uint32_t out[2][4][kOut];
+    uint32_t out[kRowsEach][4][kOut];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < kRowsEach; ++h) {
       const int j = p + h * sm90::kProducers;
       const uint4 words = *reinterpret_cast<const uint4*>(raw + 16 * j);
       const float scale = *reinterpret_cast<const float*>(raw + kCodeBytes + 16 * j + 4 * block);
@@ -188,7 +189,7 @@ struct Nf4Stages {
       }
     }
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < kRowsEach; ++h) {
       const int j = p + h * sm90::kProducers;
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
