@@ -49,21 +49,27 @@ __device__ __forceinline__ uint32_t swizzle(uint32_t offset) {
   return offset ^ (((offset >> 7) & (kPitch / 16 - 1)) << 4);
 }
 
-// Shared memory in precision kP: kSlots raw stages (float32, 128-byte rows: row i of the stage
-// holds r = 0..31 of A row i, or of B row i − kBM; with NF4 weights, B's part is kRawB bytes of
-// codes instead, see nf4_operand.cuh), for bf16 or NF4 kSlots math stages (rows of 64 bytes for bf16,
+// B's source when its weights are float32: TMA boxes, rounded by the producers (NF4 weights:
+// Nf4Stages, nf4_operand.cuh, with the same members).
+struct FloatB {
+  static constexpr bool kNf4 = false;
+  static constexpr int kRawBytes = kBN * 128;
+};
+
+// Shared memory in precision kP with B from B: kSlots raw stages (float32, 128-byte rows: row i of
+// the stage holds r = 0..31 of A row i, or of B row i − kBM; with NF4 weights, B's part is
+// B::kRawBytes of codes instead, see nf4_operand.cuh), for bf16 or NF4 kSlots math stages (rows of 64 bytes for bf16,
 // 128 for tf32; tf32 with float B rounds in place, so its raw stages are its math stages), then the
 // mbarriers of the slots: raw_full (copies landed), full (rounded), empty (consumers done),
 // raw_empty (rounding done, when not in place). Stage s of a block's stream uses slot s % kSlots
 // of each ring.
-template <Precision kP, int kRawB = kBN * 128>
+template <Precision kP, class B = FloatB>
 struct Layout {
   static_assert(kP == Precision::kTf32 || kP == Precision::kBf16, "wgmma path: tf32 and bf16");
-  static constexpr bool kNf4 = kRawB != kBN * 128;
-  static constexpr bool kInPlace = kP == Precision::kTf32 && !kNf4;
+  static constexpr bool kInPlace = kP == Precision::kTf32 && !B::kNf4;
   // see run_tiles for why these suffice; NF4's small raw stages leave room for a 4th in bf16
-  static constexpr int kSlots = kInPlace || (kNf4 && kP == Precision::kBf16) ? 4 : 3;
-  static constexpr int kRawPitch = 128, kRawBytes = kBM * kRawPitch + kRawB;
+  static constexpr int kSlots = kInPlace || (B::kNf4 && kP == Precision::kBf16) ? 4 : 3;
+  static constexpr int kRawPitch = 128, kRawBytes = kBM * kRawPitch + B::kRawBytes;
   static_assert(kRawBytes % 1024 == 0, "stages stay 1024-byte aligned for the swizzles");
   static constexpr int kElemBytes = kP == Precision::kTf32 ? 4 : 2;
   static constexpr int kPitch = kBK * kElemBytes;  // math rows: 128 (tf32) or 64 (bf16) bytes
@@ -319,13 +325,6 @@ __device__ __forceinline__ void convert(const uint8_t* raw, uint8_t* math, int p
   if constexpr (kBMN) store_blocks<kP, kBN / 32>(math_b, p, vb);
 }
 
-// B's source when its weights are float32: TMA boxes, rounded by the producers (NF4 weights:
-// Nf4Stages, nf4_operand.cuh, with the same members).
-struct FloatB {
-  static constexpr bool kNf4 = false;
-  static constexpr int kRawBytes = kBN * 128;
-};
-
 // Bytes of one operand's part of a stage: K-major, one box of kRowsOp rows; MN-major, the boxes of
 // 32 columns that reach the extent (boxes wholly past it are skipped: they reach only outputs that
 // are not stored).
@@ -370,7 +369,7 @@ __device__ __forceinline__ void store_tile(const float (&acc)[kAcc], const TileJ
 // stream's stages are the tiles' num_k = ⌈depth / 32⌉ stages in order (tiles of depth 0 have none
 // and store zeros); stage s is in slot s % kSlots, on pass s / kSlots over the ring. B comes from
 // B (FloatB: float32 boxes of map_b, rounded; Nf4Stages: NF4 codes of map_b and absmax of map_s, decoded).
-// smem: Layout<kP, B::kRawBytes>::kSmemBytes − 1024 bytes, 1024-byte aligned.
+// smem: Layout<kP, B>::kSmemBytes − 1024 bytes, 1024-byte aligned.
 //
 // Producers, stage s: wait on raw_full; (not in place) wait on empty for stage s − kSlots, whose
 // math slot it takes; round (decode), fence.proxy.async, arrive on full (and on raw_empty). Then
@@ -384,7 +383,7 @@ template <Precision kP, bool kAMN, bool kBMN, class Job, class B = FloatB>
 __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, const Job& job, const CUtensorMap* map_a,
                                           const CUtensorMap* map_b, const B& b_source = B{},
                                           const CUtensorMap* map_s = nullptr) {
-  using L = Layout<kP, B::kRawBytes>;
+  using L = Layout<kP, B>;
   const auto num_k = [](const TileJob& t) { return (t.depth + kBK - 1) / kBK; };
   const int stride = gridDim.x;
   uint64_t* const raw_full = L::barriers(smem);

@@ -105,10 +105,7 @@ __global__ void __launch_bounds__(Shape::kThreads) grouped_gemm_kernel(const Gem
   extern __shared__ float4 smem_f4[];
   float* smem = reinterpret_cast<float*>(smem_f4);
   __shared__ float nf4_code[kNf4<kOp> ? 16 : 1];
-  if constexpr (kNf4<kOp>) {
-    if (threadIdx.x < 16) nf4_code[threadIdx.x] = gemm::kNf4Code[threadIdx.x];
-    __syncthreads();
-  }
+  if constexpr (kNf4<kOp>) gemm::stage_nf4_code(nf4_code);
   constexpr int kBM = Shape::kBM, kBN = Shape::kBN;
   const int64_t num_tiles =
       kOp == Op::kGradWeight ? args.E * args.tiles_n * args.tiles_k : args.plan.tile_start[args.E];
@@ -181,7 +178,7 @@ __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
     // dependent loads); from shared memory rather than global, where it fits.
     gemm::Plan plan = args.plan;
     if (args.plan_in_smem) {
-      int64_t* cached = reinterpret_cast<int64_t*>(smem + g90::Layout<kP, Sm90B<kOp>::kRawBytes>::kPlanOffset);
+      int64_t* cached = reinterpret_cast<int64_t*>(smem + g90::Layout<kP, Sm90B<kOp>>::kPlanOffset);
       for (int64_t e = threadIdx.x; e <= args.E; e += blockDim.x)
         cached[e] = plan.row_start[e], cached[args.E + 1 + e] = plan.tile_start[e];
       __syncthreads();
@@ -196,8 +193,7 @@ __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
     };
     if constexpr (kNf4<kOp>) {
       __shared__ float code[16];
-      if (threadIdx.x < 16) code[threadIdx.x] = gemm::kNf4Code[threadIdx.x];
-      __syncthreads();
+      gemm::stage_nf4_code(code);
       const gemm::Nf4Stages nf4{code, args.log2_block};
       g90::run_tiles<kP, false, false>(smem, plan.tile_start[args.E], job, &map_a, &map_b, nf4, &map_s);
     } else {
@@ -215,17 +211,22 @@ bool valid_precision(Precision p) {
   return p == Precision::kTf32 || p == Precision::kBf16 || p == Precision::kHighest;
 }
 
-// Multiprocessors and, if asked, compute capability (10·major + minor) and the shared memory a
-// block may opt into of the current device; cudaErrorNoKernelImageForDevice below sm_80.
-cudaError_t device_sms(int* sms, int* capability = nullptr, int* max_smem = nullptr) {
+// The current device: multiprocessors, compute capability (10·major + minor) and the shared
+// memory a block may opt into.
+struct Device {
+  int sms = 0, capability = 0, max_smem = 0;
+};
+
+// Fills *d; cudaErrorNoKernelImageForDevice below sm_80.
+cudaError_t current_device(Device* d) {
   int device = 0, major = 0, minor = 0;
   cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess && max_smem) err = cudaDeviceGetAttribute(max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&d->max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&d->sms, cudaDevAttrMultiProcessorCount, device);
   if (err == cudaSuccess && major < 8) err = cudaErrorNoKernelImageForDevice;
-  if (capability) *capability = 10 * major + minor;
+  d->capability = 10 * major + minor;
   return err;
 }
 
@@ -342,7 +343,7 @@ bool encode_tma_nf4(CUtensorMap* codes, CUtensorMap* absmax, const uint8_t* pack
 
 template <Precision kP, Op kOp>
 cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_a, const CUtensorMap& map_b, const CUtensorMap& map_s,
-                     const int32_t* group_sizes, int sms, cudaStream_t stream) {
+                     const int32_t* group_sizes, const Device& device, cudaStream_t stream) {
   namespace g90 = gemm::sm90;
   int64_t max_tiles;  // a bound on the tiles, to size the grid
   int plan_bm;
@@ -359,33 +360,31 @@ cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_a, const CUtensorMap&
   }
   // Row tiles: the plan (2 · (E + 1) int64) follows the pipeline in shared memory where the device has room.
   const auto kernel = grouped_gemm_sm90_kernel<kP, kOp>;
-  int max_smem = 0;
   cudaFuncAttributes attributes{};
-  cudaError_t err = device_sms(&sms, nullptr, &max_smem);
-  if (err == cudaSuccess) err = cudaFuncGetAttributes(&attributes, kernel);
+  const cudaError_t err = cudaFuncGetAttributes(&attributes, kernel);
   if (err != cudaSuccess) return err;
-  constexpr size_t kSmem = g90::Layout<kP, Sm90B<kOp>::kRawBytes>::kSmemBytes;
+  constexpr size_t kSmem = g90::Layout<kP, Sm90B<kOp>>::kSmemBytes;
   const size_t plan_bytes = 2 * (args.E + 1) * sizeof(int64_t);
   args.plan_in_smem = kOp != Op::kGradWeight &&
-                      attributes.sharedSizeBytes + kSmem + plan_bytes <= static_cast<size_t>(max_smem);
+                      attributes.sharedSizeBytes + kSmem + plan_bytes <= static_cast<size_t>(device.max_smem);
   const size_t smem = kSmem + (args.plan_in_smem ? plan_bytes : 0);
   return with_plan(args, group_sizes, plan_bm, stream, [&](const GemmArgs& planned) {
     const cudaError_t set = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (set != cudaSuccess) return set;
-    kernel<<<static_cast<unsigned>(std::min<int64_t>(max_tiles, sms)), g90::kThreads, smem, stream>>>(planned, map_a,
-                                                                                                    map_b, map_s);
+    kernel<<<static_cast<unsigned>(std::min<int64_t>(max_tiles, device.sms)), g90::kThreads, smem, stream>>>(
+        planned, map_a, map_b, map_s);
     return cudaGetLastError();
   });
 }
 
 template <Op kOp>
 cudaError_t run_sm90(const GemmArgs& args, const CUtensorMap& map_a, const CUtensorMap& map_b,
-                     const int32_t* group_sizes, Precision precision, int sms, cudaStream_t stream,
+                     const int32_t* group_sizes, Precision precision, const Device& device, cudaStream_t stream,
                      const CUtensorMap* map_s = nullptr) {
   const CUtensorMap& s = map_s ? *map_s : map_b;  // unused unless NF4
   return precision == Precision::kTf32
-             ? run_sm90<Precision::kTf32, kOp>(args, map_a, map_b, s, group_sizes, sms, stream)
-             : run_sm90<Precision::kBf16, kOp>(args, map_a, map_b, s, group_sizes, sms, stream);
+             ? run_sm90<Precision::kTf32, kOp>(args, map_a, map_b, s, group_sizes, device, stream)
+             : run_sm90<Precision::kBf16, kOp>(args, map_a, map_b, s, group_sizes, device, stream);
 }
 
 template <Op kOp, Precision kP>
@@ -414,8 +413,8 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
       (M > 0 && N > 0 && !y))
     return cudaErrorInvalidValue;
   if (M == 0 || N == 0 || E == 0) return cudaSuccess;  // no row of y is owned by an expert
-  int sms = 0, capability = 0;
-  cudaError_t err = device_sms(&sms, &capability);
+  Device device;
+  const cudaError_t err = current_device(&device);
   if (err != cudaSuccess) return err;
 
   GemmArgs args{};
@@ -431,16 +430,16 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
                           (!transpose_weight || precision == Precision::kTf32 || M >= 256 * E);
   const int64_t kCoord = int64_t{1} << 31;  // TMA coordinates are 32-bit
   CUtensorMap map_x, map_w;
-  if (capability == 90 && (precision == Precision::kTf32 || precision == Precision::kBf16) && sm90_shape && vec4 &&
+  if (device.capability == 90 && (precision == Precision::kTf32 || precision == Precision::kBf16) && sm90_shape && vec4 &&
       args.out_vec4 && std::max({M, K, N, E, transpose_weight ? 0 : E * N}) < kCoord &&
       encode_tma_rows(&map_x, x, M, K, gemm::sm90::kBM)) {
     if (transpose_weight && encode_tma_kn(&map_w, w, E, K, N))
-      return run_sm90<Op::kForwardTransposed>(args, map_x, map_w, group_sizes, precision, sms, stream);
+      return run_sm90<Op::kForwardTransposed>(args, map_x, map_w, group_sizes, precision, device, stream);
     if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, gemm::sm90::kBN))
-      return run_sm90<Op::kForward>(args, map_x, map_w, group_sizes, precision, sms, stream);
+      return run_sm90<Op::kForward>(args, map_x, map_w, group_sizes, precision, device, stream);
   }
-  return transpose_weight ? run<Op::kForwardTransposed>(args, group_sizes, precision, vec4, sms, stream)
-                          : run<Op::kForward>(args, group_sizes, precision, vec4, sms, stream);
+  return transpose_weight ? run<Op::kForwardTransposed>(args, group_sizes, precision, vec4, device.sms, stream)
+                          : run<Op::kForward>(args, group_sizes, precision, vec4, device.sms, stream);
 }
 
 cudaError_t grouped_gemm_nf4(const float* x, const uint8_t* packed, const float* absmax, const int32_t* group_sizes,
@@ -454,8 +453,8 @@ cudaError_t grouped_gemm_nf4(const float* x, const uint8_t* packed, const float*
       (M > 0 && N > 0 && !y))
     return cudaErrorInvalidValue;
   if (M == 0 || N == 0 || E == 0) return cudaSuccess;
-  int sms = 0, capability = 0;
-  cudaError_t err = device_sms(&sms, &capability);
+  Device device;
+  const cudaError_t err = current_device(&device);
   if (err != cudaSuccess) return err;
 
   GemmArgs args{};
@@ -470,13 +469,13 @@ cudaError_t grouped_gemm_nf4(const float* x, const uint8_t* packed, const float*
   // blocks, so that codes and absmax tile as TMA boxes (encode_tma_nf4).
   const bool sm90_shape = N >= gemm::sm90::kBN && K >= 64 && (K >= 512 || N <= 1024) && K % (4 * blocksize) == 0;
   CUtensorMap map_x, map_codes, map_absmax;
-  if (capability == 90 && !transpose_weight && (precision == Precision::kTf32 || precision == Precision::kBf16) &&
+  if (device.capability == 90 && !transpose_weight && (precision == Precision::kTf32 || precision == Precision::kBf16) &&
       sm90_shape && vec4 && args.out_vec4 && aligned(packed, 16) && aligned(absmax, 16) &&
       std::max(M, E * N) < (int64_t{1} << 31) && encode_tma_rows(&map_x, x, M, K, gemm::sm90::kBM) &&
       encode_tma_nf4(&map_codes, &map_absmax, packed, absmax, E * N, K, blocksize))
-    return run_sm90<Op::kForwardNf4>(args, map_x, map_codes, group_sizes, precision, sms, stream, &map_absmax);
-  return transpose_weight ? run<Op::kForwardTransposedNf4>(args, group_sizes, precision, vec4, sms, stream)
-                          : run<Op::kForwardNf4>(args, group_sizes, precision, vec4, sms, stream);
+    return run_sm90<Op::kForwardNf4>(args, map_x, map_codes, group_sizes, precision, device, stream, &map_absmax);
+  return transpose_weight ? run<Op::kForwardTransposedNf4>(args, group_sizes, precision, vec4, device.sms, stream)
+                          : run<Op::kForwardNf4>(args, group_sizes, precision, vec4, device.sms, stream);
 }
 
 cudaError_t grouped_gemm_grad_weight(const float* x, const float* dy, const int32_t* group_sizes, float* dw,
@@ -487,8 +486,8 @@ cudaError_t grouped_gemm_grad_weight(const float* x, const float* dy, const int3
       (E > 0 && N > 0 && K > 0 && !dw))
     return cudaErrorInvalidValue;
   if (E == 0 || N == 0 || K == 0) return cudaSuccess;  // dw is empty
-  int sms = 0, capability = 0;
-  cudaError_t err = device_sms(&sms, &capability);
+  Device device;
+  const cudaError_t err = current_device(&device);
   if (err != cudaSuccess) return err;
 
   GemmArgs args{};
@@ -499,11 +498,11 @@ cudaError_t grouped_gemm_grad_weight(const float* x, const float* dy, const int3
   // (bf16) or 128 (tf32) rows per expert, the depth of each tile (at 32 rows: 12 % slower).
   const bool sm90_shape = N >= 256 && K >= 256 && M >= (precision == Precision::kBf16 ? 256 : 128) * E;
   CUtensorMap map_dy, map_x;
-  if (capability == 90 && (precision == Precision::kTf32 || precision == Precision::kBf16) && sm90_shape && vec4 &&
+  if (device.capability == 90 && (precision == Precision::kTf32 || precision == Precision::kBf16) && sm90_shape && vec4 &&
       args.out_vec4 && std::max({M, K, N}) < (int64_t{1} << 31) && encode_tma_kn(&map_dy, dy, 1, M, N) &&
       encode_tma_kn(&map_x, x, 1, M, K))
-    return run_sm90<Op::kGradWeight>(args, map_dy, map_x, group_sizes, precision, sms, stream);
-  return run<Op::kGradWeight>(args, group_sizes, precision, vec4, sms, stream);
+    return run_sm90<Op::kGradWeight>(args, map_dy, map_x, group_sizes, precision, device, stream);
+  return run<Op::kGradWeight>(args, group_sizes, precision, vec4, device.sms, stream);
 }
 
 }  // namespace moe::cuda

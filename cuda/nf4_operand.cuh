@@ -27,6 +27,12 @@ __device__ __constant__ const float kNf4Code[16] = {
     0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
     0.7229568362236023f, 1.0f};
 
+// Copies kNf4Code into a block's shared table (threads 0..15), then waits for the block.
+__device__ __forceinline__ void stage_nf4_code(float (&table)[16]) {
+  if (threadIdx.x < 16) table[threadIdx.x] = kNf4Code[threadIdx.x];
+  __syncthreads();
+}
+
 struct Nf4Operand {
   const uint8_t* packed;  // the expert's bytes
   const float* absmax;    // the expert's blocks

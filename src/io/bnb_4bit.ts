@@ -100,15 +100,6 @@ export function isBnb4bit(source: TensorSource, name: string): boolean {
   return source.has(`${name}${STATE}nf4`) || source.has(`${name}${STATE}fp4`);
 }
 
-/** The first bitsandbytes 4-bit weight among `names` (found by its quant state), if any. */
-export function firstBnb4bitWeight(names: Iterable<string>): string | undefined {
-  for (const n of names) {
-    const at = n.indexOf(STATE);
-    if (at > 0) return n.slice(0, at);
-  }
-  return undefined;
-}
-
 /** Reads the 4-bit weight `name` and its quant state into an Nf4Tensor (one group), checking every piece. */
 export function readBnb4bit(source: TensorSource, name: string): Nf4Tensor {
   if (source.has(`${name}${STATE}fp4`)) throw new Error(`${name}: quant_type fp4 is not supported (only nf4)`);

@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 
-import {firstBnb4bitWeight} from './bnb_4bit';
+import {isBnb4bit} from './bnb_4bit';
 import {fusedExperts, HfCheckpoint, perExpertTensors, writeShards} from './hf_checkpoint';
 import {TensorToWrite, writeAtomically} from './safetensors';
 
@@ -42,7 +42,7 @@ export function convertHfCheckpoint(from: string, to: string, options: ConvertOp
   if (path.resolve(from) === path.resolve(to)) throw new Error('convert: the output folder must differ from the input');
   const ckpt = HfCheckpoint.open(from);
   try {
-    const quantised = firstBnb4bitWeight(ckpt.names());
+    const quantised = ckpt.names().find(name => isBnb4bit(ckpt, name));
     if (quantised) {
       throw new Error(`convert: ${from} holds bitsandbytes 4-bit weights (${quantised}); converting 4-bit checkpoints ` +
                       'is not supported: convert the float checkpoint, or load this one with loadIn4bit (--load-in-4bit)');
