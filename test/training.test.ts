@@ -68,8 +68,10 @@ describe.each(BACKENDS.filter(b => b !== 'fallback'))('training on %s', backend 
     await model.fit(ids, ids, {batchSize: 2, epochs: 1, verbose: 0, shuffle: false});
     await restored.fit(ids, ids, {batchSize: 2, epochs: 1, verbose: 0, shuffle: false});
     const [a, b] = [await snapshot(model), await snapshot(restored)];
-    // tfjs rebuilds Adam's β^t from the step count on restore (not bit-identical to the running product).
-    a.forEach((w, i) => expect(relativeError(b[i], w)).toBeLessThan(1e-5));
+    // tfjs rebuilds Adam's β^t from the step count on restore (not bit-identical to the running
+    // product): 2–3e-6 typically over random inits, 2.2e-5 seen once; a restore that lost the
+    // optimizer state gives ~0.2.
+    a.forEach((w, i) => expect(relativeError(b[i], w)).toBeLessThan(1e-4));
   });
 
   test('gradient checkpointing gives the same gradients with less memory held', async () => {
