@@ -69,4 +69,4 @@ export {decodeNf4Absmax, dequantiseNf4, NF4_BLOCKSIZES, Nf4DoubleQuant, nf4Group
         QuantiseNf4Options, stackNf4, validateNf4} from './quant/nf4';
 export {moeFusedLinearNf4, Nf4Weights, nf4Weights} from './ops/moe_fused_linear_nf4';
 export {MoeFusedLinearNf4Layer, MoeFusedLinearNf4LayerArgs} from './layers/moe_fused_linear_nf4';
-export {BnbQuantState, bnbTensorNames, isBnb4bit, mapSource, parseBnbQuantState, readBnb4bit, readBnbExperts, TensorSource} from './io/bnb_4bit';
+export {bnb4bitTensors, BnbQuantState, bnbTensorNames, isBnb4bit, mapSource, parseBnbQuantState, readBnb4bit, readBnbExperts, TensorSource} from './io/bnb_4bit';

@@ -11,7 +11,7 @@ import {createDynamicMap} from '../src/quant/dynamic_code';
 import {NF4_CODE, nf4Index} from '../src/quant/nf4_code';
 import {decodeNf4Absmax, dequantiseNf4, Nf4Tensor, quantiseNf4, stackNf4} from '../src/quant/nf4';
 import {torchMeanFloat32} from '../src/quant/torch_sum';
-import {mapSource, parseBnbQuantState, readBnb4bit, readBnbExperts, TensorSource} from '../src/io/bnb_4bit';
+import {bnb4bitTensors, mapSource, parseBnbQuantState, readBnb4bit, readBnbExperts, TensorSource} from '../src/io/bnb_4bit';
 import {HostTensor, readSafetensors} from '../src/io/safetensors';
 
 const FIXTURES = path.join(__dirname, 'fixtures', 'nf4');
@@ -75,6 +75,24 @@ describe.each(variants)('%s', variant => {
     const expected = floats(`${variant}.dequant`);
     expect(bitDiff(dequantiseNf4(theirs), expected)).toEqual([]);
     expect(bitDiff(dequantiseNf4(ours), expected)).toEqual([]);
+  });
+
+  test(doubleQuant ? 'writing refuses double-quantised absmax' : 'written as bitsandbytes writes it, byte for byte', () => {
+    const written = bnb4bitTensors(`${variant}.weight`, () => ours, input.shape, 64, 'float32');
+    if (doubleQuant) {
+      expect(() => written[1].data()).toThrow(`${variant}.weight: double-quantised absmax cannot be written`);
+      return;
+    }
+    const expected = [...cases.keys()].filter(k => k.startsWith(`${variant}.weight`)).sort();
+    expect(written.map(t => t.name).sort()).toEqual(expected);
+    for (const t of written) {
+      const stored = get(t.name);
+      expect([t.name, t.shape]).toEqual([t.name, stored.shape]);
+      expect([t.name, t.dtype]).toEqual([t.name, stored.dtype === 'int32' ? 'U8' : 'F32']);
+      const data = t.data();
+      if (data instanceof Float32Array) expect(bitDiff(data, stored.data as Float32Array)).toEqual([]);
+      else expect(byteDiff(Uint8Array.from(data), Uint8Array.from(stored.data))).toEqual([]);
+    }
   });
 });
 

@@ -15,13 +15,13 @@ import {relativeError} from './helpers/reference';
 import {fromHfConfig} from '../models/qwen3_moe/config';
 import {buildQwen3MoeForCausalLM, BuildOptions} from '../models/qwen3_moe/model';
 import {main} from '../src/cli/main';
-import {HfCheckpoint, loadHfCheckpoint} from '../src/io/hf_checkpoint';
+import {HfCheckpoint, loadHfCheckpoint, saveHfCheckpoint} from '../src/io/hf_checkpoint';
 import {hfName} from '../src/io/hf_weights';
 import {readSafetensors, TensorToWrite, writeSafetensors} from '../src/io/safetensors';
 import {MoeFusedLinearNf4Layer} from '../src/layers/moe_fused_linear_nf4';
 import {leafLayers} from '../src/layers/composite';
 import {applyLora} from '../src/lora/apply_lora';
-import {dequantiseNf4, quantiseNf4} from '../src/quant/nf4';
+import {dequantiseNf4, quantiseNf4, stackNf4} from '../src/quant/nf4';
 import {AdamW} from '../src/train/adamw';
 import {compileCausalLm} from '../src/train/causal_lm';
 
@@ -107,6 +107,61 @@ test('bitsandbytes 4-bit experts load as stored: into the 4-bit model, or dequan
   for (const m of [model, reference, float]) m.dispose();
 });
 
+test('4-bit experts save as bitsandbytes tensors and load back as they are (unfused; fused when blocks tile experts)', () => {
+  const same = (a: tfl.LayersModel, b: tfl.LayersModel) => {
+    expect(b.weights.map(hfName)).toEqual(a.weights.map(hfName));
+    a.weights.forEach((w, i) => expect([hfName(w), Array.from(b.weights[i].read().dataSync())]).toEqual([hfName(w), Array.from(w.read().dataSync())]));
+    expect(Array.from(logitsOf(b))).toEqual(Array.from(logitsOf(a)));
+  };
+  // hf5_saved: 11 experts of 3·16 = 48 values, less than a block of 64: only one tensor per expert can hold them.
+  const model = build({expertsIn4bit: true});
+  loadHfCheckpoint(model, HF5);
+  const unfused = path.join(tmp, 'saved-4bit');
+  saveHfCheckpoint(model, hf, unfused, {layout: 'unfused', dtype: 'BF16'});
+  const saved = readSafetensors(path.join(unfused, 'model.safetensors'));
+  const expert = 'model.layers.1.mlp.experts.10.down_proj.weight';
+  expect([expert, `${expert}.absmax`, `${expert}.quant_map`].map(n => saved.get(n)!.shape)).toEqual([[24, 1], [1], [16]]);
+  expect(new TextDecoder().decode(Uint8Array.from(saved.get(`${expert}.quant_state.bitsandbytes__nf4`)!.data)))
+    .toBe('{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [16, 3]}');
+  expect(saved.has('model.layers.1.mlp.down_proj.weight')).toBe(false);
+  const config = JSON.parse(fs.readFileSync(path.join(unfused, 'config.json'), 'utf8'));
+  expect(config.quantization_config).toMatchObject({quant_method: 'bitsandbytes', load_in_4bit: true, bnb_4bit_quant_type: 'nf4',
+                                                    bnb_4bit_compute_dtype: 'bfloat16', llm_int8_skip_modules: ['self_attn', 'gate', 'lm_head']});
+  const reloaded = build({expertsIn4bit: true});
+  expect(loadHfCheckpoint(reloaded, unfused).unused).toEqual([]);
+  const nf4Of = (m: tfl.LayersModel) => leafLayers(m).filter((l): l is MoeFusedLinearNf4Layer => l instanceof MoeFusedLinearNf4Layer)
+    .flatMap(l => [l.nf4.packed, l.nf4.absmax].map(t => Array.from(t.dataSync())));
+  expect(nf4Of(reloaded)).toEqual(nf4Of(model));
+  // BF16 rounds the float weights: compare the rest with the model loaded from what was saved.
+  const again = path.join(tmp, 'saved-4bit-again');
+  saveHfCheckpoint(reloaded, hf, again, {layout: 'unfused'});
+  const twice = build({expertsIn4bit: true});
+  loadHfCheckpoint(twice, again);
+  same(reloaded, twice);
+  const fused = path.join(tmp, 'saved-4bit-fused');
+  expect(() => saveHfCheckpoint(model, hf, fused, {layout: 'fused'})).toThrow(
+      /model\.layers\.0\.mlp\.gate_proj: its NF4 blocks of 64 do not tile one expert \(3·16 values\).*save with layout 'unfused'/);
+  expect(fs.existsSync(path.join(fused, 'model.safetensors'))).toBe(false);
+
+  // Experts of 4·16 = 64 values: one fused [E, out, in] tensor per projection, quantised as a whole.
+  const hf64 = {...hf, moe_intermediate_size: 4};
+  const build64 = () => buildQwen3MoeForCausalLM(fromHfConfig(hf64), {expertsIn4bit: true});
+  const a = build64();
+  for (const layer of leafLayers(a).filter((l): l is MoeFusedLinearNf4Layer => l instanceof MoeFusedLinearNf4Layer)) {
+    const [E, out, inFeatures] = layer.nf4.shape;
+    layer.setNf4Weights(stackNf4(Array.from({length: E}, () =>
+        quantiseNf4(Float32Array.from({length: out * inFeatures}, () => Math.random() - 0.5), {shape: [out, inFeatures]}))));
+  }
+  saveHfCheckpoint(a, hf64, fused, {layout: 'fused'});
+  const fusedFile = readSafetensors(path.join(fused, 'model.safetensors'));
+  expect(fusedFile.get('model.layers.0.mlp.gate_proj.weight')!.shape).toEqual([11 * 32, 1]);
+  expect(fusedFile.has('model.layers.0.mlp.experts.0.gate_proj.weight')).toBe(false);
+  const b = build64();
+  expect(loadHfCheckpoint(b, fused).unused).toEqual([]);
+  same(a, b);
+  for (const m of [model, reloaded, twice, a, b]) m.dispose();
+});
+
 test('QLoRA: adapters on the 4-bit experts train through model.fit; the NF4 base stays as loaded', async () => {
   const model = build({expertsIn4bit: true});
   loadHfCheckpoint(model, HF5);
@@ -142,6 +197,33 @@ test('the CLI trains and generates with --load-in-4bit', async () => {
                        '--prompt', 'The', '--max-new-tokens', '2'])).toBe(0);
     expect(await main(['train', '--load-in-4bit', '--steps', '1'])).toBe(1);
     expect(errors.join('\n')).toMatch(/--load-in-4bit needs --model/);
+  } finally {
+    quiet.forEach(s => s.mockRestore());
+  }
+});
+
+test('the CLI writes a checkpoint with NF4 experts (convert --load-in-4bit), and converts one as stored', async () => {
+  const quiet = [jest.spyOn(console, 'log').mockImplementation(() => {})];
+  const errors: string[] = [];
+  quiet.push(jest.spyOn(console, 'error').mockImplementation((...a) => void errors.push(a.join(' '))));
+  try {
+    const out = path.join(tmp, 'cli-4bit'), again = path.join(tmp, 'cli-4bit-again');
+    expect(await main(['convert', '--model', HF5, '--out', out, '--layout', 'unfused', '--load-in-4bit'])).toBe(0);
+    expect(await main(['convert', '--model', out, '--out', again, '--layout', 'unfused', '--load-in-4bit'])).toBe(0);
+    const expected = build({expertsIn4bit: true});
+    loadHfCheckpoint(expected, HF5);
+    for (const dir of [out, again]) {
+      const model = build({expertsIn4bit: true});
+      expect(loadHfCheckpoint(model, dir).unused).toEqual([]);
+      expect(Array.from(logitsOf(model))).toEqual(Array.from(logitsOf(expected)));
+      model.dispose();
+    }
+    expected.dispose();
+    const fused = path.join(tmp, 'cli-4bit-fused');
+    expect(await main(['convert', '--model', HF5, '--out', fused, '--load-in-4bit', '--dtype', 'F16'])).toBe(1);
+    expect(await main(['convert', '--model', HF5, '--out', fused, '--load-in-4bit'])).toBe(1);
+    expect(errors.join('\n')).toMatch(/--dtype must be one of F32, BF16[\s\S]*do not tile one expert/);
+    expect(fs.existsSync(fused)).toBe(false);
   } finally {
     quiet.forEach(s => s.mockRestore());
   }

@@ -10,7 +10,7 @@ import * as tfl from '@tensorflow/tfjs-layers';
 
 import {fromHfConfig, Qwen3MoeConfig} from '../../models/qwen3_moe/config';
 import {buildQwen3MoeForCausalLM} from '../../models/qwen3_moe/model';
-import {loadHfCheckpoint, saveHfCheckpoint} from '../io/hf_checkpoint';
+import {loadHfCheckpoint, saveHfCheckpoint, SaveOptions} from '../io/hf_checkpoint';
 import {loadPeftAdapter} from '../lora/load_peft_adapter';
 import {loadTokenizer} from '../tokenizer/load_tokenizer';
 import {HfTokenizer} from '../tokenizer/tokenizer';
@@ -91,8 +91,8 @@ export function requireTokenizer(folder: ModelFolder, what: string): HfTokenizer
 }
 
 /** Saves the folder's model (its weights, not LoRA adapters) as a checkpoint in `to`, with the tokenizer files. */
-export function saveModelFolder(folder: ModelFolder, to: string): void {
-  saveHfCheckpoint(folder.model, folder.hfConfig, to);
+export function saveModelFolder(folder: ModelFolder, to: string, options: SaveOptions = {}): void {
+  saveHfCheckpoint(folder.model, folder.hfConfig, to, options);
   for (const file of fs.readdirSync(folder.dir)) {
     if (/^(tokenizer.*\.json|special_tokens_map\.json|chat_template\.jinja|vocab\.json|merges\.txt|generation_config\.json)$/.test(file)) {
       fs.copyFileSync(path.join(folder.dir, file), path.join(to, file));

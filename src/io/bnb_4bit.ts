@@ -11,10 +11,11 @@
  * Experts are per expert (model.layers.L.mlp.experts.E.{gate,up,down}_proj.weight, transformers 4
  * and the Hub; transformers 5 leaves its fused 3-D experts unquantised) and are stacked here into
  * one NF4 tensor of E groups; a fused [E, out, in] weight quantised whole is read as it is.
+ * bnb4bitTensors writes the same pieces (absmax in float32: no double quantisation).
  */
 import {NF4_CODE} from '../quant/nf4_code';
 import {NESTED_BLOCKSIZE, Nf4Tensor, stackNf4, validateNf4} from '../quant/nf4';
-import {HostTensor} from './safetensors';
+import {HostTensor, TensorToWrite} from './safetensors';
 
 const STATE = '.quant_state.bitsandbytes__';
 const DTYPES = ['float32', 'float16', 'bfloat16'] as const;
@@ -155,4 +156,26 @@ export function readBnbExperts(source: TensorSource, mlp: string, proj: 'gate' |
   const missing = experts.find(name => !isBnb4bit(source, name));
   if (missing) throw new Error(`${mlp}: neither ${fused} nor ${missing} is a bitsandbytes 4-bit weight`);
   return stackNf4(experts.map(name => readBnb4bit(source, name)));
+}
+
+/**
+ * The tensors QuantState.as_dict(packed=True) and Params4bit write for 4-bit weight `name`, from
+ * one NF4 tensor with float32 absmax, byte for byte as bitsandbytes (its JSON is Python's
+ * json.dumps of {quant_type, blocksize, dtype, shape}). `dtype` is what bitsandbytes will
+ * dequantise to. The data is produced when written.
+ */
+export function bnb4bitTensors(name: string, t: () => Nf4Tensor, shape: number[], blocksize: number,
+                               dtype: BnbQuantState['dtype']): TensorToWrite[] {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const state = `{"quant_type": "nf4", "blocksize": ${blocksize}, "dtype": "${dtype}", "shape": [${shape.join(', ')}]}`;
+  const floats = (q: Nf4Tensor) => {
+    if (!(q.absmax instanceof Float32Array)) throw new Error(`${name}: double-quantised absmax cannot be written (decode it first)`);
+    return q.absmax;
+  };
+  return [
+    {name, dtype: 'U8', shape: [Math.ceil(n / 2), 1], data: () => Int32Array.from(t().packed)},
+    {name: `${name}.absmax`, dtype: 'F32', shape: [Math.ceil(n / blocksize)], data: () => floats(t())},
+    {name: `${name}.quant_map`, dtype: 'F32', shape: [16], data: () => Float32Array.from(NF4_CODE)},
+    {name: `${name}${STATE}nf4`, dtype: 'U8', shape: [state.length], data: () => Int32Array.from(new TextEncoder().encode(state))},
+  ];
 }

@@ -45,7 +45,8 @@ export function convertHfCheckpoint(from: string, to: string, options: ConvertOp
     const quantised = ckpt.names().find(name => isBnb4bit(ckpt, name));
     if (quantised) {
       throw new Error(`convert: ${from} holds bitsandbytes 4-bit weights (${quantised}); converting 4-bit checkpoints ` +
-                      'is not supported: convert the float checkpoint, or load this one with loadIn4bit (--load-in-4bit)');
+                      'is not supported tensor by tensor: convert the float checkpoint, or go through a model with NF4 experts ' +
+                      '(loadHfCheckpoint into expertsIn4bit, then saveHfCheckpoint; CLI: convert --load-in-4bit)');
     }
     const tensors: TensorToWrite[] = [];
     const done = new Set<string>();

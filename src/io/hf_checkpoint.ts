@@ -7,7 +7,8 @@
  *   Transformers 5                          model.layers.L.mlp.experts.gate_up_proj [E, 2·I, H]
  *                                           model.layers.L.mlp.experts.down_proj    [E, H, I]
  *   unfused (Transformers 4, the Hub)       model.layers.L.mlp.experts.e.{gate,up,down}_proj.weight [out, in]
- * bitsandbytes 4-bit weights (NF4, any of these names) are dequantised to float32 on load.
+ * bitsandbytes 4-bit weights (NF4, any of these names) are dequantised to float32 on load, or
+ * held as they are by NF4 expert layers, which also save that way.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -17,8 +18,9 @@ import * as tfl from '@tensorflow/tfjs-layers';
 
 import {leafLayers} from '../layers/composite';
 import {MoeFusedLinearNf4Layer} from '../layers/moe_fused_linear_nf4';
-import {dequantiseNf4, quantiseNf4, stackNf4} from '../quant/nf4';
-import {bnbTensorNames, isBnb4bit, readBnb4bit, readBnbExperts} from './bnb_4bit';
+import {int32WordsToBytes} from '../quant/int32_words';
+import {dequantiseNf4, nf4Sizes, Nf4Tensor, quantiseNf4, stackNf4} from '../quant/nf4';
+import {bnb4bitTensors, bnbTensorNames, isBnb4bit, readBnb4bit, readBnbExperts} from './bnb_4bit';
 import {hfName} from './hf_weights';
 import {DTYPE_BYTES, HostTensor, SafetensorsDtype, SafetensorsFile, TensorToWrite, writeAtomically, writeSafetensors} from './safetensors';
 
@@ -192,19 +194,25 @@ export function loadHfCheckpoint(model: tfl.LayersModel, checkpoint: string | Hf
   }
 }
 
+/** `<mlp>` and the projection of an NF4 layer named `<mlp>.<proj>_proj`. */
+function nf4Projection(layer: MoeFusedLinearNf4Layer, where: string): {mlp: string; proj: 'gate' | 'up' | 'down'} {
+  const [, mlp, proj] = /^(.+\.mlp)\.(gate|up|down)_proj$/.exec(layer.name) ?? [];
+  if (!mlp) throw new Error(`${where}: cannot tell which experts ${layer.name} holds`);
+  return {mlp, proj: proj as 'gate' | 'up' | 'down'};
+}
+
 /**
  * The experts of an NF4 layer: read as bitsandbytes stored them (per expert, or one fused tensor),
  * or quantised here from float weights of any layout, expert by expert as bitsandbytes' Params4bit
  * does (one projection of one layer in float32 at a time). Returns the tensors it consumed.
  */
 function loadNf4Experts(ckpt: HfCheckpoint, layer: MoeFusedLinearNf4Layer): string[] {
-  const [, mlp, proj] = /^(.+\.mlp)\.(gate|up|down)_proj$/.exec(layer.name) ?? [];
-  if (!mlp) throw new Error(`${ckpt.dir}: cannot tell which experts ${layer.name} holds`);
+  const {mlp, proj} = nf4Projection(layer, ckpt.dir);
   const {shape, blocksize} = layer.nf4;
   const [E, out, inFeatures] = shape;
   const fused = `${mlp}.${proj}_proj.weight`, perExpert = (e: number) => `${mlp}.experts.${e}.${proj}_proj.weight`;
   if (isBnb4bit(ckpt, fused) || isBnb4bit(ckpt, perExpert(0))) {
-    layer.setNf4Weights(readBnbExperts(ckpt, mlp, proj as 'gate' | 'up' | 'down', E));
+    layer.setNf4Weights(readBnbExperts(ckpt, mlp, proj, E));
     return isBnb4bit(ckpt, fused) ? bnbTensorNames(ckpt, fused) : Array.from({length: E}, (_, e) => bnbTensorNames(ckpt, perExpert(e))).flat();
   }
   const found = fusedExperts(ckpt, fused, shape);
@@ -219,6 +227,7 @@ function loadNf4Experts(ckpt: HfCheckpoint, layer: MoeFusedLinearNf4Layer): stri
 export interface SaveOptions {
   /** fused: experts as [E, out, in] (this package, the seed project); unfused: one matrix per expert (the Hub). */
   layout?: 'fused' | 'unfused';
+  /** Of the float tensors; NF4 experts record it as the dtype bitsandbytes dequantises to. */
   dtype?: 'F32' | 'BF16';
   /** Largest shard in bytes (Transformers' default 5 GB); more than one shard writes an index. */
   maxShardBytes?: number;
@@ -226,16 +235,20 @@ export interface SaveOptions {
 
 /**
  * Writes the model's weights (not LoRA adapters) and config.json as a Hugging Face checkpoint.
- * Every file is written atomically; shards are named model-0000i-of-0000n.safetensors.
+ * Every file is written atomically; shards are named model-0000i-of-0000n.safetensors. NF4
+ * experts are written as bitsandbytes stores 4-bit weights (bnb4bitTensors; loadHfCheckpoint
+ * reads them back as they are): one tensor per expert (unfused), or one [E, out, in] tensor
+ * (fused, when no block straddles two experts).
  */
 export function saveHfCheckpoint(model: tfl.LayersModel, hfConfig: Record<string, unknown>, dir: string,
                                  options: SaveOptions = {}): void {
   const {layout = 'fused', dtype = 'F32', maxShardBytes = 5e9} = options;
-  const nf4 = leafLayers(model).find(l => l instanceof MoeFusedLinearNf4Layer);
-  if (nf4) throw new Error(`saveHfCheckpoint: ${nf4.name} holds NF4 experts; writing 4-bit checkpoints is not supported (save the adapter)`);
+  const nf4Layers = leafLayers(model).filter((l): l is MoeFusedLinearNf4Layer => l instanceof MoeFusedLinearNf4Layer);
+  const tensors = nf4Layers.flatMap(layer => nf4ExpertTensors(layer, layout, dtype === 'F32' ? 'float32' : 'bfloat16'));
+  const quantised = new Set(nf4Layers.flatMap(l => l.weights));
   fs.mkdirSync(dir, {recursive: true});
-  const tensors: TensorToWrite[] = [];
   for (const weight of model.weights) {
+    if (quantised.has(weight)) continue;
     const name = hfName(weight);
     if (name.includes('.lora_')) continue;
     const shape = weight.shape as number[];
@@ -247,7 +260,49 @@ export function saveHfCheckpoint(model: tfl.LayersModel, hfConfig: Record<string
     }
   }
   writeShards(dir, tensors, maxShardBytes);
-  writeAtomically(path.join(dir, 'config.json'), fd => fs.writeSync(fd, JSON.stringify(hfConfig, null, 2)));
+  const config = nf4Layers.length ? {...hfConfig, quantization_config: bnbQuantizationConfig(dtype)} : hfConfig;
+  writeAtomically(path.join(dir, 'config.json'), fd => fs.writeSync(fd, JSON.stringify(config, null, 2)));
+}
+
+/**
+ * Transformers' BitsAndBytesConfig for checkpoints with NF4 experts: 4-bit nf4 without double
+ * quantisation; attention, the routers and lm_head stay in float. Transformers 4 skips a linear
+ * whose own name is listed (the router `gate`, not `gate_proj`) or whose path holds `name.`.
+ */
+function bnbQuantizationConfig(dtype: 'F32' | 'BF16'): Record<string, unknown> {
+  return {quant_method: 'bitsandbytes', load_in_4bit: true, load_in_8bit: false, bnb_4bit_quant_type: 'nf4',
+          bnb_4bit_use_double_quant: false, bnb_4bit_compute_dtype: dtype === 'F32' ? 'float32' : 'bfloat16',
+          bnb_4bit_quant_storage: 'uint8', llm_int8_skip_modules: ['self_attn', 'gate', 'lm_head']};
+}
+
+/** The bitsandbytes tensors of an NF4 layer's experts [E, out, in] (see saveHfCheckpoint). */
+function nf4ExpertTensors(layer: MoeFusedLinearNf4Layer, layout: 'fused' | 'unfused',
+                          dtype: 'float32' | 'bfloat16'): TensorToWrite[] {
+  const {mlp, proj} = nf4Projection(layer, 'saveHfCheckpoint');
+  const {shape: [E, out, inFeatures], blocksize} = layer.nf4;
+  const {bytes, blocks} = nf4Sizes(out * inFeatures, blocksize);
+  // The layer's bytes and absmax are read when its first tensor is written and dropped after its
+  // last: each tensor written asks for its slice twice (codes, absmax), in order.
+  const slices = layout === 'fused' ? 1 : E;
+  let data: {packed: Uint8Array; absmax: Float32Array} | undefined, asked = 0;
+  const slice = (first: number, count: number, shape: number[]): Nf4Tensor => {
+    const all = data ??= {packed: int32WordsToBytes(layer.nf4.packed.dataSync() as Int32Array, E * bytes),
+                          absmax: layer.nf4.absmax.dataSync() as Float32Array};
+    if (++asked === 2 * slices) data = undefined, asked = 0;
+    return {shape, blocksize, groups: 1, dtype, packed: all.packed.subarray(first * bytes, (first + count) * bytes),
+            absmax: all.absmax.subarray(first * blocks, (first + count) * blocks)};
+  };
+  if (layout === 'fused') {
+    if ((out * inFeatures) % blocksize !== 0) {
+      throw new Error(`saveHfCheckpoint: ${layer.name}: its NF4 blocks of ${blocksize} do not tile one expert ` +
+                      `(${out}·${inFeatures} values), so the experts cannot be one 4-bit tensor; save with layout 'unfused'`);
+    }
+    return bnb4bitTensors(`${mlp}.${proj}_proj.weight`, () => slice(0, E, [E, out, inFeatures]), [E, out, inFeatures],
+                          blocksize, dtype);
+  }
+  return Array.from({length: E}, (_, e) => bnb4bitTensors(`${mlp}.experts.${e}.${proj}_proj.weight`,
+                                                          () => slice(e, 1, [out, inFeatures]), [out, inFeatures],
+                                                          blocksize, dtype)).flat();
 }
 
 /** The per-expert tensors `<mlp>.experts.e.<proj>.weight` [out, in] of fused expert weight `name` [E, out, in]. */
