@@ -366,16 +366,13 @@ __device__ __forceinline__ void store_tile(const float (&acc)[kAcc], const TileJ
 // The consumers' barrier (barrier 2; 1 is the producers').
 __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 2, %0;\n" ::"n"(kConsumers) : "memory"); }
 
-// store_tile through shared memory when c is 16-byte aligned and ldc, cols are multiples of 4:
-// each warp writes its 16 rows × 32 columns at a time into its part of `staging` (rows of 144
+// store_tile through shared memory (c 16-byte aligned, ldc and cols multiples of 4, as every
+// sm_90a launch has: grouped_gemm.cu takes this path only with out_vec4): each warp writes its 16 rows × 32 columns at a time into its part of `staging` (rows of 144
 // bytes: a float2 write of 8 rows falls on distinct bank pairs), reads them back as 4 rows × 128
 // bytes per float4 load and stores those. A warp's store then covers 4 whole 128-byte lines
 // instead of 8 rows × 32 bytes: 4× fewer line writes through the load/store pipe, which the
 // producers' rounding shares.
 constexpr int kStagePitch = 144, kStageBytes = kConsumers / 32 * 16 * kStagePitch;
-__device__ __forceinline__ bool staged_store(const TileJob& job) {
-  return reinterpret_cast<uintptr_t>(job.c) % 16 == 0 && job.ldc % 4 == 0 && job.cols % 4 == 0;
-}
 __device__ __forceinline__ void store_tile_staged(const float (&acc)[kAcc], const TileJob& job, uint8_t* staging) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp / 4 * 64 + warp % 4 * 16;  // the warp's first row
@@ -530,7 +527,7 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
     fence_acc(acc);
     // Stage s's math slot stages the tile once both warpgroups' wgmma are done with it; not in
     // place, where that slot is also the raw slot the next copies wait for (measured: −15 % tf32).
-    if (!L::kInPlace && staged_store(out)) {
+    if constexpr (!L::kInPlace) {
       static_assert(kStageBytes <= L::kBytes, "the staging fits a math slot");
       consumer_sync();
       store_tile_staged(acc, out, L::math(smem, prev));

@@ -244,7 +244,8 @@ export function saveHfCheckpoint(model: tfl.LayersModel, hfConfig: Record<string
                                  options: SaveOptions = {}): void {
   const {layout = 'fused', dtype = 'F32', maxShardBytes = 5e9} = options;
   const nf4Layers = leafLayers(model).filter((l): l is MoeFusedLinearNf4Layer => l instanceof MoeFusedLinearNf4Layer);
-  const tensors = nf4Layers.flatMap(layer => nf4ExpertTensors(layer, layout, dtype === 'F32' ? 'float32' : 'bfloat16'));
+  const nf4Dtype = dtype === 'F32' ? 'float32' : 'bfloat16';  // what bitsandbytes dequantises them to
+  const tensors = nf4Layers.flatMap(layer => nf4ExpertTensors(layer, layout, nf4Dtype));
   const quantised = new Set(nf4Layers.flatMap(l => l.weights));
   fs.mkdirSync(dir, {recursive: true});
   for (const weight of model.weights) {
@@ -260,7 +261,7 @@ export function saveHfCheckpoint(model: tfl.LayersModel, hfConfig: Record<string
     }
   }
   writeShards(dir, tensors, maxShardBytes);
-  const config = nf4Layers.length ? {...hfConfig, quantization_config: bnbQuantizationConfig(dtype)} : hfConfig;
+  const config = nf4Layers.length ? {...hfConfig, quantization_config: bnbQuantizationConfig(nf4Dtype)} : hfConfig;
   writeAtomically(path.join(dir, 'config.json'), fd => fs.writeSync(fd, JSON.stringify(config, null, 2)));
 }
 
@@ -269,9 +270,9 @@ export function saveHfCheckpoint(model: tfl.LayersModel, hfConfig: Record<string
  * quantisation; attention, the routers and lm_head stay in float. Transformers 4 skips a linear
  * whose own name is listed (the router `gate`, not `gate_proj`) or whose path holds `name.`.
  */
-function bnbQuantizationConfig(dtype: 'F32' | 'BF16'): Record<string, unknown> {
+function bnbQuantizationConfig(computeDtype: 'float32' | 'bfloat16'): Record<string, unknown> {
   return {quant_method: 'bitsandbytes', load_in_4bit: true, load_in_8bit: false, bnb_4bit_quant_type: 'nf4',
-          bnb_4bit_use_double_quant: false, bnb_4bit_compute_dtype: dtype === 'F32' ? 'float32' : 'bfloat16',
+          bnb_4bit_use_double_quant: false, bnb_4bit_compute_dtype: computeDtype,
           bnb_4bit_quant_storage: 'uint8', llm_int8_skip_modules: ['self_attn', 'gate', 'lm_head']};
 }
 
