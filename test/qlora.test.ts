@@ -224,6 +224,13 @@ test('the CLI writes a checkpoint with NF4 experts (convert --load-in-4bit), and
     expect(await main(['convert', '--model', HF5, '--out', fused, '--load-in-4bit'])).toBe(1);
     expect(errors.join('\n')).toMatch(/--dtype must be one of F32, BF16[\s\S]*do not tile one expert/);
     expect(fs.existsSync(fused)).toBe(false);
+    // Never over the input: the float checkpoint stays as it was.
+    const copy = path.join(tmp, 'cli-4bit-in-place');
+    fs.cpSync(HF5, copy, {recursive: true});
+    const before = fs.readFileSync(path.join(copy, 'model.safetensors'));
+    expect(await main(['convert', '--model', copy, '--out', `${copy}/`, '--layout', 'unfused', '--load-in-4bit'])).toBe(1);
+    expect(errors.join('\n')).toMatch(/the output folder must differ from the input \(--out is --model\)/);
+    expect(fs.readFileSync(path.join(copy, 'model.safetensors')).equals(before)).toBe(true);
   } finally {
     quiet.forEach(s => s.mockRestore());
   }

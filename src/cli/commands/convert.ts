@@ -1,4 +1,6 @@
 /** `convert`: a checkpoint or a PEFT adapter from one expert layout to the other, in safetensors. */
+import * as path from 'path';
+
 import {convertHfCheckpoint} from '../../io/convert_checkpoint';
 import {UsageError} from '../errors';
 import {choiceFlag, FlagSpec, parseFlags, requiredFlag, stringFlag} from '../flags';
@@ -35,6 +37,8 @@ export async function convert(argv: string[]): Promise<void> {
   const shardGb = flags['max-shard-gb'] === undefined ? 5 : Number(flags['max-shard-gb']);
   if (!(shardGb > 0)) throw new UsageError(`--max-shard-gb must be a positive number, got ${JSON.stringify(flags['max-shard-gb'])}`);
   if (flags['load-in-4bit'] === true) {
+    // As convertHfCheckpoint: writing over the input would replace the float checkpoint.
+    if (path.resolve(model) === path.resolve(out)) throw new UsageError('the output folder must differ from the input (--out is --model)');
     const dtype = choiceFlag(flags, 'dtype', ['F32', 'BF16'] as const, 'F32');
     saveModelFolder(openModelFolder(model, {loadIn4bit: true}), out, {layout, dtype, maxShardBytes: shardGb * 1e9});
     console.log(`model written to ${out} with its experts in NF4 (bitsandbytes 4-bit, ${layout})`);
