@@ -5,15 +5,17 @@
 // x[row0 + r, k0 + j], both MN-major, r over the expert's rows. wgmma reads both K-major.
 //
 // The operands are float32 in global memory (or, for the forward's B, NF4 codes that the producers
-// decode: Nf4Stages in nf4_operand.cuh) and the tensor cores read tf32 or bf16 from shared memory. Warp-specialized: one producer thread has the tensor memory accelerator (TMA) copy each
-// stage (32 deep) global → shared as float32, 128-byte swizzled, rows past the tensors and r past
-// the depth zero-filled; the producer warpgroup then rounds it (tf32: round to nearest, ties
-// away, as cvt.rna; bf16: round to nearest even) into the layout that wgmma reads: 128-byte (tf32,
-// in place) or 64-byte (bf16, a second ring) swizzled rows; MN-major operands are transposed on
-// the way (load_blocks / store_blocks). Two consumer warpgroups, 64 × 256 outputs each, only wait
-// for stages, run wgmma and store their tile. The sides meet at mbarriers.
-// Copies run kAhead = 3 stages ahead of the rounding, across the tiles of a persistent block, so
-// loads continue through the consumers' epilogues.
+// decode: Nf4Stages in nf4_operand.cuh) and the tensor cores read tf32 or bf16 from shared memory.
+// Warp-specialized: one producer thread has the tensor memory accelerator (TMA) copy each stage
+// (32 deep) global → shared, 128-byte swizzled, rows past the tensors and r past the depth
+// zero-filled. tf32: the TMA unit itself rounds float32 to tf32 (to nearest even) as it copies
+// (wgmma would truncate), so the stage is ready where it lands unless an operand is MN-major, which
+// the producer warpgroup transposes in place (load_blocks / store_blocks). bf16 (and NF4): the
+// producers round the float32 stage (to nearest even) into a second ring of 64-byte swizzled rows,
+// transposing MN-major operands on the way. Two consumer warpgroups, 64 × 256 outputs each, only
+// wait for stages, run wgmma and store their tile. The sides meet at mbarriers. Copies run ahead
+// of the consumers (kAhead = 3 stages ahead of the rounding, or as far as the ring allows when
+// there is none), across the tiles of a persistent block, so loads continue through the epilogues.
 //
 // wgmma exists on sm_90a only: the kernel that uses this file compiles its body for sm_90a alone
 // (__CUDA_ARCH_FEAT_SM90_ALL), and the host launches it only on devices of compute capability 9.0.
@@ -59,7 +61,7 @@ struct FloatB {
 // Shared memory in precision kP with B from B: kSlots raw stages (float32, 128-byte rows: row i of
 // the stage holds r = 0..31 of A row i, or of B row i − kBM; with NF4 weights, B's part is
 // B::kRawBytes of codes instead, see nf4_operand.cuh), for bf16 or NF4 kSlots math stages (rows of 64 bytes for bf16,
-// 128 for tf32; tf32 with float B rounds in place, so its raw stages are its math stages), then the
+// 128 for tf32; tf32 with float B lands rounded by the TMA unit, so its raw stages are its math stages), then the
 // mbarriers of the slots: raw_full (copies landed), full (rounded), empty (consumers done),
 // raw_empty (rounding done, when not in place). Stage s of a block's stream uses slot s % kSlots
 // of each ring.
@@ -212,8 +214,8 @@ struct TileJob {
 };
 
 // Producer p's 16-byte pieces of the first kCount · kRowStep rows of a landed raw stage, row
-// for row: load_rows reads them, store_rows writes them rounded into the math stage (tf32 with
-// float B: the same place); convert_rows does both, kBatch loads in flight at a time.
+// for row: load_rows reads them, store_rows writes them rounded into the math stage; convert_rows
+// does both, kBatch loads in flight at a time.
 template <int kCount>
 __device__ __forceinline__ void load_rows(const uint8_t* raw, int p, uint4 (&v)[kCount]) {
   const uint32_t offset = swizzle<128>(p / 8 * 128 + p % 8 * 16);
@@ -286,11 +288,9 @@ __device__ __forceinline__ void store_blocks(uint8_t* math, int p, const Blocks<
 #pragma unroll
     for (int q = 0; q < 4; ++q)
       t[q] = make_uint4(lane_of(v[i][0], q), lane_of(v[i][1], q), lane_of(v[i][2], q), lane_of(v[i][3], q));
-    if constexpr (kP == Precision::kTf32) {
+    if constexpr (kP == Precision::kTf32) {  // rounded already, by the TMA unit (see Layout)
 #pragma unroll
-      for (int q = 0; q < 4; ++q)
-        *reinterpret_cast<uint4*>(math + swizzle<128>((j0 + q) * 128 + rb * 16)) =
-            make_uint4(to_tf32(t[q].x), to_tf32(t[q].y), to_tf32(t[q].z), to_tf32(t[q].w));
+      for (int q = 0; q < 4; ++q) *reinterpret_cast<uint4*>(math + swizzle<128>((j0 + q) * 128 + rb * 16)) = t[q];
     } else {
       uint2 h[4];
 #pragma unroll
@@ -302,9 +302,11 @@ __device__ __forceinline__ void store_blocks(uint8_t* math, int p, const Blocks<
   }
 }
 
-// Rounds producer p's share of a landed raw stage (A's kBM rows, then B's kBN) into its math
-// stage; valid = the depth left at this stage (dW: r past it is another expert's and is masked).
-// MN-major operands: all loads, (tf32, in place) one barrier of the producers, then the stores.
+// Producer p's share of a landed raw stage (A's kBM rows, then B's kBN) into its math stage:
+// bf16 rounds every operand; tf32 (in place, rounded by the TMA unit) transposes MN-major ones and
+// leaves K-major ones as they landed. valid = the depth left at this stage (dW: r past it is
+// another expert's and is masked). MN-major operands: all loads, (tf32) one barrier of the
+// producers, then the stores.
 template <Precision kP, bool kAMN, bool kBMN>
 __device__ __forceinline__ void convert(const uint8_t* raw, uint8_t* math, int p, int valid) {
   using L = Layout<kP>;
@@ -314,11 +316,11 @@ __device__ __forceinline__ void convert(const uint8_t* raw, uint8_t* math, int p
   Blocks<kBMN ? kBN / 32 : 2> vb;
   if constexpr (kAMN)
     load_blocks<kBM / 32, true>(raw, p, valid, va);
-  else
+  else if constexpr (!L::kInPlace)
     convert_rows<kP, kBM / kRowStep>(raw, math, p);
   if constexpr (kBMN)
     load_blocks<kBN / 32, kAMN>(raw_b, p, valid, vb);
-  else
+  else if constexpr (!L::kInPlace)
     convert_rows<kP, kBN / kRowStep>(raw_b, math_b, p);
   if constexpr (L::kInPlace && (kAMN || kBMN)) producer_sync();
   if constexpr (kAMN) store_blocks<kP, kBM / 32>(math, p, va);
@@ -409,10 +411,12 @@ __device__ __forceinline__ void store_tile_staged(const float (&acc)[kAcc], cons
 // smem: Layout<kP, B>::kSmemBytes − 1024 bytes, 1024-byte aligned.
 //
 // Producers, stage s: wait on raw_full; (not in place) wait on empty for stage s − kSlots, whose
-// math slot it takes; round (decode), fence.proxy.async, arrive on full (and on raw_empty). Then
-// the leader copies stage s + 3 once its slot is free: (in place) the consumers released stage
-// s − 1 (empty), (else) every producer has rounded stage s + 3 − kSlots (raw_empty). Consumers,
-// stage s: wait on full; wgmma (async); wait
+// math slot it takes; round, transpose or decode, fence.proxy.async, arrive on full (and on
+// raw_empty). Then the leader copies stage s + 3 once its slot is free: (in place) the consumers
+// released stage s − 1 (empty), (else) every producer has rounded stage s + 3 − kSlots
+// (raw_empty). tf32 with both operands K-major leaves the producers nothing to do: the leader
+// copies stage s once the consumers released stage s − kSlots, and the consumers wait on raw_full
+// instead of full. Consumers, stage s: wait on full; wgmma (async); wait
 // for their wgmma of stage s − 1 and release it (empty); at a tile's end wait for all, release
 // stage s, store the tile. Every wait is for the phase of the slot's current pass; a pass-0 wait
 // on a barrier that guards a free slot asks for parity 1 and returns at once.
@@ -421,6 +425,9 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
                                           const CUtensorMap* map_b, const B& b_source = B{},
                                           const CUtensorMap* map_s = nullptr) {
   using L = Layout<kP, B>;
+  // tf32 with both operands K-major: the stages are ready as they land, nothing for the producers
+  // to do but copy; the consumers wait on raw_full.
+  constexpr bool kCopyOnly = L::kInPlace && !kAMN && !kBMN;
   const auto num_k = [](const TileJob& t) { return (t.depth + kBK - 1) / kBK; };
   const int stride = gridDim.x;
   uint64_t* const raw_full = L::barriers(smem);
@@ -465,32 +472,41 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
       if (++copy_k == num_k(copy_job)) copy_tile += stride, copy_k = 0, seek();
     };
     seek();
-    for (int t = 0; t < kAhead && copy_tile < num_tiles; ++t) copy(t);
-    int slot = 0, ahead = kAhead % L::kSlots;  // slots of stages s and s + kAhead
-    uint32_t pass = 0, ahead_pass = kAhead / L::kSlots;
-    for (int64_t tile = blockIdx.x; tile < num_tiles; tile += stride) {
-      const TileJob cur = job(tile);
-      for (int k = 0; k < num_k(cur); ++k) {
-        mbar_wait(&raw_full[slot], pass & 1);
-        if (!L::kInPlace) mbar_wait(&empty[slot], (pass & 1) ^ 1);
-        if constexpr (B::kNf4) {  // A's loads are in flight while B decodes
-          uint4 a[kBM / kRowStep];
-          load_rows(L::raw(smem, slot), p, a);
-          b_source.template decode<kP>(L::raw(smem, slot) + kBM * L::kRawPitch, L::math(smem, slot) + kBM * L::kPitch, p,
-                                       k * kBK);
-          store_rows<kP>(L::math(smem, slot), p, a);
-        } else {
-          convert<kP, kAMN, kBMN>(L::raw(smem, slot), L::math(smem, slot), p, cur.depth - k * kBK);
+    if constexpr (kCopyOnly) {  // the leader copies stage s once the consumers released stage s − kSlots;
+      if (p < 32)               // its whole warp walks the tiles with it (job's expert search is warp-wide)
+        for (int slot = 0, pass = 0; copy_tile < num_tiles;) {
+          mbar_wait(&empty[slot], (pass & 1) ^ 1);
+          copy(slot);
+          if (++slot == L::kSlots) slot = 0, ++pass;
         }
-        fence_proxy_async();
-        mbar_arrive(&full[slot]);
-        if (!L::kInPlace) mbar_arrive(&raw_empty[slot]);
-        if (copy_tile < num_tiles) {
-          if (leader) mbar_wait(L::kInPlace ? &empty[ahead] : &raw_empty[ahead], (ahead_pass & 1) ^ 1);
-          copy(ahead);
+    } else {
+      for (int t = 0; t < kAhead && copy_tile < num_tiles; ++t) copy(t);
+      int slot = 0, ahead = kAhead % L::kSlots;  // slots of stages s and s + kAhead
+      uint32_t pass = 0, ahead_pass = kAhead / L::kSlots;
+      for (int64_t tile = blockIdx.x; tile < num_tiles; tile += stride) {
+        const TileJob cur = job(tile);
+        for (int k = 0; k < num_k(cur); ++k) {
+          mbar_wait(&raw_full[slot], pass & 1);
+          if (!L::kInPlace) mbar_wait(&empty[slot], (pass & 1) ^ 1);
+          if constexpr (B::kNf4) {  // A's loads are in flight while B decodes
+            uint4 a[kBM / kRowStep];
+            load_rows(L::raw(smem, slot), p, a);
+            b_source.template decode<kP>(L::raw(smem, slot) + kBM * L::kRawPitch, L::math(smem, slot) + kBM * L::kPitch, p,
+                                         k * kBK);
+            store_rows<kP>(L::math(smem, slot), p, a);
+          } else {
+            convert<kP, kAMN, kBMN>(L::raw(smem, slot), L::math(smem, slot), p, cur.depth - k * kBK);
+          }
+          fence_proxy_async();
+          mbar_arrive(&full[slot]);
+          if (!L::kInPlace) mbar_arrive(&raw_empty[slot]);
+          if (copy_tile < num_tiles) {
+            if (leader) mbar_wait(L::kInPlace ? &empty[ahead] : &raw_empty[ahead], (ahead_pass & 1) ^ 1);
+            copy(ahead);
+          }
+          if (++slot == L::kSlots) slot = 0, ++pass;
+          if (++ahead == L::kSlots) ahead = 0, ++ahead_pass;
         }
-        if (++slot == L::kSlots) slot = 0, ++pass;
-        if (++ahead == L::kSlots) ahead = 0, ++ahead_pass;
       }
     }
     return;
@@ -510,7 +526,7 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
       continue;
     }
     for (int k = 0; k < nk; ++k) {
-      mbar_wait(&full[slot], pass & 1);
+      mbar_wait(kCopyOnly ? &raw_full[slot] : &full[slot], pass & 1);
       const uint8_t* stage = L::math(smem, slot);
       const uint64_t desc_a = make_desc<kP>(stage + wg_rows), desc_b = make_desc<kP>(stage + kBM * L::kPitch);
       wgmma_fence();

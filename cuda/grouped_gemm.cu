@@ -309,20 +309,27 @@ bool encode_tma(CUtensorMap* map, const void* base, cuuint32_t rank, const cuuin
                 swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// Float32 operands of the sm_90a kernels: tf32 ones are rounded to tf32 (to nearest even) by the
+// TMA unit as it copies them, since wgmma would truncate; bf16 ones are rounded by the producers.
+CUtensorMapDataType operand_type(Precision precision) {
+  return precision == Precision::kTf32 ? CU_TENSOR_MAP_DATA_TYPE_TFLOAT32 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+}
+
 // rows × depth, row-major: boxes of 32 × box_rows (x; w in the forward pass).
-bool encode_tma_rows(CUtensorMap* map, const float* base, int64_t rows, int64_t depth, int box_rows) {
+bool encode_tma_rows(CUtensorMap* map, const float* base, int64_t rows, int64_t depth, int box_rows,
+                     CUtensorMapDataType type) {
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(depth), static_cast<cuuint64_t>(rows)};
   const cuuint64_t pitches[1] = {static_cast<cuuint64_t>(depth) * sizeof(float)};
   const cuuint32_t box[2] = {gemm::sm90::kBK, static_cast<cuuint32_t>(box_rows)};
-  return encode_tma(map, base, 2, dims, pitches, box);
+  return encode_tma(map, base, 2, dims, pitches, box, type);
 }
 
 // [E, K, N] (w of dX; dy, x of dW with E = 1): boxes of 32 columns × 32 k × 1, so that k past K reads zeros.
-bool encode_tma_kn(CUtensorMap* map, const float* w, int64_t E, int64_t K, int64_t N) {
+bool encode_tma_kn(CUtensorMap* map, const float* w, int64_t E, int64_t K, int64_t N, CUtensorMapDataType type) {
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(N), static_cast<cuuint64_t>(K), static_cast<cuuint64_t>(E)};
   const cuuint64_t pitches[2] = {static_cast<cuuint64_t>(N) * sizeof(float), static_cast<cuuint64_t>(K * N) * sizeof(float)};
   const cuuint32_t box[3] = {32, gemm::sm90::kBK, 1};
-  return encode_tma(map, w, 3, dims, pitches, box);
+  return encode_tma(map, w, 3, dims, pitches, box, type);
 }
 
 // NF4 experts of [N, K] as [E·N rows, K/2] bytes of codes (boxes of 16 × kBN: a stage's 32 codes)
@@ -432,10 +439,10 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
   CUtensorMap map_x, map_w;
   if (device.capability == 90 && (precision == Precision::kTf32 || precision == Precision::kBf16) && sm90_shape && vec4 &&
       args.out_vec4 && std::max({M, K, N, E, transpose_weight ? 0 : E * N}) < kCoord &&
-      encode_tma_rows(&map_x, x, M, K, gemm::sm90::kBM)) {
-    if (transpose_weight && encode_tma_kn(&map_w, w, E, K, N))
+      encode_tma_rows(&map_x, x, M, K, gemm::sm90::kBM, operand_type(precision))) {
+    if (transpose_weight && encode_tma_kn(&map_w, w, E, K, N, operand_type(precision)))
       return run_sm90<Op::kForwardTransposed>(args, map_x, map_w, group_sizes, precision, device, stream);
-    if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, gemm::sm90::kBN))
+    if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, gemm::sm90::kBN, operand_type(precision)))
       return run_sm90<Op::kForward>(args, map_x, map_w, group_sizes, precision, device, stream);
   }
   return transpose_weight ? run<Op::kForwardTransposed>(args, group_sizes, precision, vec4, device.sms, stream)
@@ -471,7 +478,8 @@ cudaError_t grouped_gemm_nf4(const float* x, const uint8_t* packed, const float*
   CUtensorMap map_x, map_codes, map_absmax;
   if (device.capability == 90 && !transpose_weight && (precision == Precision::kTf32 || precision == Precision::kBf16) &&
       sm90_shape && vec4 && args.out_vec4 && aligned(packed, 16) && aligned(absmax, 16) &&
-      std::max(M, E * N) < (int64_t{1} << 31) && encode_tma_rows(&map_x, x, M, K, gemm::sm90::kBM) &&
+      std::max(M, E * N) < (int64_t{1} << 31) &&
+      encode_tma_rows(&map_x, x, M, K, gemm::sm90::kBM, CU_TENSOR_MAP_DATA_TYPE_FLOAT32) &&
       encode_tma_nf4(&map_codes, &map_absmax, packed, absmax, E * N, K, blocksize))
     return run_sm90<Op::kForwardNf4>(args, map_x, map_codes, group_sizes, precision, device, stream, &map_absmax);
   return transpose_weight ? run<Op::kForwardTransposedNf4>(args, group_sizes, precision, vec4, device.sms, stream)
@@ -499,8 +507,8 @@ cudaError_t grouped_gemm_grad_weight(const float* x, const float* dy, const int3
   const bool sm90_shape = N >= 256 && K >= 256 && M >= (precision == Precision::kBf16 ? 256 : 128) * E;
   CUtensorMap map_dy, map_x;
   if (device.capability == 90 && (precision == Precision::kTf32 || precision == Precision::kBf16) && sm90_shape && vec4 &&
-      args.out_vec4 && std::max({M, K, N}) < (int64_t{1} << 31) && encode_tma_kn(&map_dy, dy, 1, M, N) &&
-      encode_tma_kn(&map_x, x, 1, M, K))
+      args.out_vec4 && std::max({M, K, N}) < (int64_t{1} << 31) && encode_tma_kn(&map_dy, dy, 1, M, N, operand_type(precision)) &&
+      encode_tma_kn(&map_x, x, 1, M, K, operand_type(precision)))
     return run_sm90<Op::kGradWeight>(args, map_dy, map_x, group_sizes, precision, device, stream);
   return run<Op::kGradWeight>(args, group_sizes, precision, vec4, device.sms, stream);
 }
