@@ -473,7 +473,8 @@ cudaError_t grouped_gemm_nf4(const float* x, const uint8_t* packed, const float*
   args.nf4_aligned = aligned(packed, 4) && args.nf4_bytes % 4 == 0 && (transpose_weight ? N : K) % 8 == 0;
   const bool vec4 = K % 4 == 0 && aligned(x, 16);
   // The sm_90a forward (tf32, bf16): the float forward's shape rule, and rows of whole groups of 4
-  // blocks, so that codes and absmax tile as TMA boxes (encode_tma_nf4).
+  // blocks, so that codes and absmax tile as TMA boxes (encode_tma_nf4). x stays float32 in its
+  // map in tf32 too: the producers copy it into the math ring and round it on the way.
   const bool sm90_shape = N >= gemm::sm90::kBN && K >= 64 && (K >= 512 || N <= 1024) && K % (4 * blocksize) == 0;
   CUtensorMap map_x, map_codes, map_absmax;
   if (device.capability == 90 && !transpose_weight && (precision == Precision::kTf32 || precision == Precision::kBf16) &&
