@@ -10,9 +10,9 @@
 // (32 deep) global → shared, 128-byte swizzled, rows past the tensors and r past the depth
 // zero-filled. tf32: the TMA unit itself rounds float32 to tf32 (to nearest even) as it copies
 // (wgmma would truncate), so the stage is ready where it lands unless an operand is MN-major, which
-// the producer warpgroup transposes in place (load_blocks / store_blocks). bf16 (and NF4): the
-// producers round the float32 stage (to nearest even) into a second ring of 64-byte swizzled rows,
-// transposing MN-major operands on the way. Two consumer warpgroups, 64 × 256 outputs each, only
+// the producer warpgroup transposes in place (load_blocks / store_blocks). bf16 and NF4: the
+// producers round the float32 stage (bf16: to nearest even; NF4 in tf32: cvt.rna, ties away) into
+// a second ring, transposing MN-major operands on the way. Two consumer warpgroups, 64 × 256 outputs each, only
 // wait for stages, run wgmma and store their tile. The sides meet at mbarriers. Copies run ahead
 // of the consumers (kAhead = 3 stages ahead of the rounding, or as far as the ring allows when
 // there is none), across the tiles of a persistent block, so loads continue through the epilogues.
@@ -51,8 +51,8 @@ __device__ __forceinline__ uint32_t swizzle(uint32_t offset) {
   return offset ^ (((offset >> 7) & (kPitch / 16 - 1)) << 4);
 }
 
-// B's source when its weights are float32: TMA boxes, rounded by the producers (NF4 weights:
-// Nf4Stages, nf4_operand.cuh, with the same members).
+// B's source when its weights are float32: TMA boxes, rounded by the TMA unit (tf32) or the
+// producers (bf16) (NF4 weights: Nf4Stages, nf4_operand.cuh, with the same members).
 struct FloatB {
   static constexpr bool kNf4 = false;
   static constexpr int kRawBytes = kBN * 128;

@@ -437,12 +437,13 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
                           (!transpose_weight || precision == Precision::kTf32 || M >= 256 * E);
   const int64_t kCoord = int64_t{1} << 31;  // TMA coordinates are 32-bit
   CUtensorMap map_x, map_w;
+  const CUtensorMapDataType type = operand_type(precision);
   if (device.capability == 90 && (precision == Precision::kTf32 || precision == Precision::kBf16) && sm90_shape && vec4 &&
       args.out_vec4 && std::max({M, K, N, E, transpose_weight ? 0 : E * N}) < kCoord &&
-      encode_tma_rows(&map_x, x, M, K, gemm::sm90::kBM, operand_type(precision))) {
-    if (transpose_weight && encode_tma_kn(&map_w, w, E, K, N, operand_type(precision)))
+      encode_tma_rows(&map_x, x, M, K, gemm::sm90::kBM, type)) {
+    if (transpose_weight && encode_tma_kn(&map_w, w, E, K, N, type))
       return run_sm90<Op::kForwardTransposed>(args, map_x, map_w, group_sizes, precision, device, stream);
-    if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, gemm::sm90::kBN, operand_type(precision)))
+    if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, gemm::sm90::kBN, type))
       return run_sm90<Op::kForward>(args, map_x, map_w, group_sizes, precision, device, stream);
   }
   return transpose_weight ? run<Op::kForwardTransposed>(args, group_sizes, precision, vec4, device.sms, stream)
@@ -507,9 +508,10 @@ cudaError_t grouped_gemm_grad_weight(const float* x, const float* dy, const int3
   // (bf16) or 128 (tf32) rows per expert, the depth of each tile (at 32 rows: 12 % slower).
   const bool sm90_shape = N >= 256 && K >= 256 && M >= (precision == Precision::kBf16 ? 256 : 128) * E;
   CUtensorMap map_dy, map_x;
+  const CUtensorMapDataType type = operand_type(precision);
   if (device.capability == 90 && (precision == Precision::kTf32 || precision == Precision::kBf16) && sm90_shape && vec4 &&
-      args.out_vec4 && std::max({M, K, N}) < (int64_t{1} << 31) && encode_tma_kn(&map_dy, dy, 1, M, N, operand_type(precision)) &&
-      encode_tma_kn(&map_x, x, 1, M, K, operand_type(precision)))
+      args.out_vec4 && std::max({M, K, N}) < (int64_t{1} << 31) && encode_tma_kn(&map_dy, dy, 1, M, N, type) &&
+      encode_tma_kn(&map_x, x, 1, M, K, type))
     return run_sm90<Op::kGradWeight>(args, map_dy, map_x, group_sizes, precision, device, stream);
   return run<Op::kGradWeight>(args, group_sizes, precision, vec4, device.sms, stream);
 }
