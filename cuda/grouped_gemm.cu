@@ -42,11 +42,13 @@ constexpr bool kNf4 = kOp == Op::kForwardNf4 || kOp == Op::kForwardTransposedNf4
 // 64 × 64 (two blocks fit an SM of an H100, one of an A100); 3xTF32 keeps a second set of
 // accumulators and takes 8 warps of 64 × 32. Thin, for N ≤ 32 (LoRA ranks): 128 × 32 (forward, dX)
 // or 32 × 128 (dW, where N is the row side of dw[e]), 4 warps of 32 × 32, 4 stages (80 KB); the
-// wide operand is streamed once instead of padding N to 128.
+// wide operand is streamed once instead of padding N to 128. dW with K ≤ 32 < N (dw[e] of a LoRA
+// up-projection, r columns) takes 128 × 32 too, where a wide tile would be 3/4 padding (H200,
+// M = 65536, r = 8..32: 1.14–1.5× faster).
+using ThinTile = gemm::TileShape<128, 32, 4, 1, 4>;
 template <Op kOp, Precision kP, bool kThin>
 using ShapeFor = std::conditional_t<
-    kThin,
-    std::conditional_t<kOp == Op::kGradWeight, gemm::TileShape<32, 128, 1, 4, 4>, gemm::TileShape<128, 32, 4, 1, 4>>,
+    kThin, std::conditional_t<kOp == Op::kGradWeight, gemm::TileShape<32, 128, 1, 4, 4>, ThinTile>,
     std::conditional_t<kP == Precision::kHighest, gemm::TileShape<128, 128, 2, 4, 3>,
                        gemm::TileShape<128, 128, 2, 2, 3>>>;
 constexpr int64_t kThinN = 32;
@@ -396,6 +398,8 @@ cudaError_t run_sm90(const GemmArgs& args, const CUtensorMap& map_a, const CUten
 
 template <Op kOp, Precision kP>
 cudaError_t run(const GemmArgs& args, const int32_t* group_sizes, bool vec4, int sms, cudaStream_t stream) {
+  if constexpr (kOp == Op::kGradWeight)
+    if (args.K <= kThinN && args.N > kThinN) return run<ThinTile, kOp, kP>(args, group_sizes, vec4, sms, stream);
   return args.N <= kThinN ? run<ShapeFor<kOp, kP, true>, kOp, kP>(args, group_sizes, vec4, sms, stream)
                           : run<ShapeFor<kOp, kP, false>, kOp, kP>(args, group_sizes, vec4, sms, stream);
 }
@@ -429,11 +433,13 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
   args.out_vec4 = N % 4 == 0 && aligned(y, 16);
   // 16-byte copies: rows of x, w and the extents along them are multiples of 4 floats.
   const bool vec4 = K % 4 == 0 && (!transpose_weight || N % 4 == 0) && aligned(x, 16) && aligned(w, 16);
-  // The sm_90a path where it was measured faster (H100): tiles at least as wide as its 256 columns,
-  // and outside the shallow-and-wide corner (K < 512, N > 1024) where storing y dominates and the
-  // sm_80 path's staged 16-byte row stores win. dX in bf16 also needs a mean of 256 rows per
-  // expert (at 128 it measured 2 % slower: ragged row tiles; E = 128).
-  const bool sm90_shape = N >= gemm::sm90::kBN && K >= 64 && (K >= 512 || N <= 1024) &&
+  // The sm_90a path where it was measured faster (H100, H200): tiles at least as wide as its 256
+  // columns, and outside the shallow-and-wide corner (K < 512, N > 1024) where storing y dominates
+  // and the sm_80 path's staged 16-byte row stores win. tf32 (no rounding pass on sm_90a) wins there
+  // from K = 128 on (H200, N = 2048, forward and dX: +13–19 % at K = 128, +3–47 % at 256; −5 to −9 % at K = 64). dX in
+  // bf16 also needs a mean of 256 rows per expert (at 128 it measured 2 % slower: ragged row tiles; E = 128).
+  const bool sm90_shape = N >= gemm::sm90::kBN && K >= 64 &&
+                          (K >= (precision == Precision::kTf32 ? 128 : 512) || N <= 1024) &&
                           (!transpose_weight || precision == Precision::kTf32 || M >= 256 * E);
   const int64_t kCoord = int64_t{1} << 31;  // TMA coordinates are 32-bit
   CUtensorMap map_x, map_w;
