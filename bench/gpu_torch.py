@@ -2,7 +2,8 @@
 
 For each benchmark shape, a dense torch.matmul of equal FLOPs (2·M·N·K) in float32 with TF32
 on, in float32 with TF32 off, and in bf16; and torch._grouped_mm in bf16 on the same grouped
-problem where this torch has it. Medians of CUDA-event timings after warm-up, inputs rotated
+problem where this torch has it, once on bf16 tensors and once as a float32 user calls it (x and w
+cast to bf16, the product cast back to float32, all inside the timing). Medians of CUDA-event timings after warm-up, inputs rotated
 over three sets. Writes JSON {key: TFLOP/s} to the path given, and prints a table.
 
     python3 bench/gpu_torch.py out.json
@@ -45,15 +46,21 @@ def dense(M, K, N, dtype, tf32):
     return tflops(2 * M * N * K, median_ms(torch.matmul, sets))
 
 
-def grouped_mm(M, K, N):
+def grouped_mm(M, K, N, cast):
+    """bf16 tensors (cast False), or float32 ones cast to bf16 and back inside the timing (cast True)."""
     if not hasattr(torch, "_grouped_mm"):
         return None
     counts = torch.bincount(torch.randint(0, E, (M,), device="cuda"), minlength=E)
     offs = torch.cumsum(counts, 0).to(torch.int32)
-    sets = [(torch.randn(M, K, device="cuda", dtype=torch.bfloat16),
-             torch.randn(E, N, K, device="cuda", dtype=torch.bfloat16).transpose(1, 2), offs) for _ in range(SETS)]
+    dtype = torch.float32 if cast else torch.bfloat16
+    sets = [(torch.randn(M, K, device="cuda", dtype=dtype), torch.randn(E, N, K, device="cuda", dtype=dtype), offs)
+            for _ in range(SETS)]
+    if cast:
+        fn = lambda x, w, o: torch._grouped_mm(x.bfloat16(), w.bfloat16().transpose(1, 2), offs=o).float()
+    else:
+        fn = lambda x, w, o: torch._grouped_mm(x, w.transpose(1, 2), offs=o)
     try:
-        return tflops(2 * M * N * K, median_ms(lambda x, w, o: torch._grouped_mm(x, w, offs=o), sets))
+        return tflops(2 * M * N * K, median_ms(fn, sets))
     except RuntimeError as e:  # shapes this torch rejects (e.g. dims not multiples of 16)
         print(f"_grouped_mm K={K} N={N}: {e}", file=sys.stderr)
         return None
@@ -62,12 +69,13 @@ def grouped_mm(M, K, N):
 def main():
     out = {}
     print(f"# torch {torch.__version__} on {torch.cuda.get_device_name()}")
-    print("| M | K | N | dense tf32 | dense fp32 | dense bf16 | _grouped_mm bf16 |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| M | K | N | dense tf32 | dense fp32 | dense bf16 | _grouped_mm bf16 | cast + _grouped_mm bf16 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for K, N in SHAPES:
         for M in ROWS:
             row = {"tf32": dense(M, K, N, torch.float32, True), "fp32": dense(M, K, N, torch.float32, False),
-                   "bf16": dense(M, K, N, torch.bfloat16, False), "grouped_bf16": grouped_mm(M, K, N)}
+                   "bf16": dense(M, K, N, torch.bfloat16, False), "grouped_bf16": grouped_mm(M, K, N, False),
+                   "grouped_bf16_cast": grouped_mm(M, K, N, True)}
             out[f"{M}x{K}x{N}"] = row
             cells = " | ".join("—" if v is None else f"{v:.1f}" for v in row.values())
             print(f"| {M} | {K} | {N} | {cells} |")
