@@ -18,6 +18,7 @@ const CASES: GroupedCase[] = [
   {name: 'LoRA A (N = r = 16)', M: 600, K: 512, N: 16, groups: spread(600, 8)},
   {name: 'LoRA B (K = r = 16)', M: 600, K: 16, N: 512, groups: spread(600, 8)},
   {name: 'LoRA r = 4', M: 300, K: 4, N: 200, groups: spread(300, 8)},
+  {name: 'K=7 N=1001 (no 16-byte rows), empty experts', M: 500, K: 7, N: 1001, groups: () => Int32Array.of(0, 200, 0, 300)},
   // Shapes the sm_90a forward path takes on compute capability 9.0 (N ≥ 256, K ≥ 512, multiples of 4):
   // ragged row and column tiles, empty experts, one expert with most rows.
   {name: 'sm_90a forward: K=516 N=260, empty experts', M: 1001, K: 516, N: 260, groups: () => Int32Array.of(0, 400, 0, 1, 600, 0)},
