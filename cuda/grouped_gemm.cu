@@ -435,9 +435,10 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
   const bool vec4 = K % 4 == 0 && (!transpose_weight || N % 4 == 0) && aligned(x, 16) && aligned(w, 16);
   // The sm_90a path where it was measured faster (H100, H200): tiles at least as wide as its 256
   // columns, and outside the shallow-and-wide corner (K < 512, N > 1024) where storing y dominates
-  // and the sm_80 path's staged 16-byte row stores win. tf32 (no rounding pass on sm_90a) wins there
-  // from K = 128 on (H200, N = 2048, forward and dX: +13–19 % at K = 128, +3–47 % at 256; −5 to −9 % at K = 64). dX in
-  // bf16 also needs a mean of 256 rows per expert (at 128 it measured 2 % slower: ragged row tiles; E = 128).
+  // and the sm_80 path's staged 16-byte row stores win. tf32 (no rounding pass on sm_90a) wins
+  // there from K = 128 on (H200, N = 2048, forward and dX: +13–19 % at K = 128, +3–47 % at 256,
+  // −5 to −9 % at K = 64). dX in bf16 also needs a mean of 256 rows per expert (at 128 it measured
+  // 2 % slower: ragged row tiles; E = 128).
   const bool sm90_shape = N >= gemm::sm90::kBN && K >= 64 &&
                           (K >= (precision == Precision::kTf32 ? 128 : 512) || N <= 1024) &&
                           (!transpose_weight || precision == Precision::kTf32 || M >= 256 * E);

@@ -24,7 +24,7 @@ const CASES: GroupedCase[] = [
   {name: 'sm_90a forward: K=516 N=260, empty experts', M: 1001, K: 516, N: 260, groups: () => Int32Array.of(0, 400, 0, 1, 600, 0)},
   {name: 'sm_90a forward: K=1024 N=772', M: 1300, K: 1024, N: 772, groups: spread(1300, 6)},
   {name: 'sm_90a forward: K=2048 N=1024, skewed', M: 900, K: 2048, N: 1024, groups: () => Int32Array.of(3, 850, 0, 47)},
-  // tf32 only: shallow and wide (128 ≤ K < 512, N > 1024); a 4-column last tile, a partial depth stage.
+  // Shallow and wide (128 ≤ K < 512, N > 1024): sm_90a in tf32 only; a 4-column last tile, a partial depth stage.
   {name: 'sm_90a forward and dX in tf32: K=132 N=1284', M: 700, K: 132, N: 1284, groups: () => Int32Array.of(0, 300, 1, 399)},
   // Shapes the sm_90a dX and dW paths take in both precisions (also M ≥ 256 · E): ragged tiles and
   // depths, empty experts, one expert holding every row.
