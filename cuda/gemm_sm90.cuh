@@ -12,10 +12,11 @@
 // (wgmma would truncate), so the stage is ready where it lands unless an operand is MN-major, which
 // the producer warpgroup transposes in place (load_blocks / store_blocks). bf16 and NF4: the
 // producers round the float32 stage (bf16: to nearest even; NF4 in tf32: cvt.rna, ties away) into
-// a second ring, transposing MN-major operands on the way. Two consumer warpgroups, 64 × 256 outputs each, only
-// wait for stages, run wgmma and store their tile. The sides meet at mbarriers. Copies run ahead
-// of the consumers (kAhead = 3 stages ahead of the rounding, or as far as the ring allows when
-// there is none), across the tiles of a persistent block, so loads continue through the epilogues.
+// a second ring, transposing MN-major operands on the way. Two consumer warpgroups, 64 × 256
+// outputs each, only wait for stages, run wgmma and store their tile. The sides meet at mbarriers.
+// Copies run ahead of the consumers (kAhead = 3 stages ahead of the rounding, or as far as the
+// ring allows when there is none), across the tiles of a persistent block, so loads continue
+// through the epilogues.
 //
 // wgmma exists on sm_90a only: the kernel that uses this file compiles its body for sm_90a alone
 // (__CUDA_ARCH_FEAT_SM90_ALL), and the host launches it only on devices of compute capability 9.0.
@@ -60,11 +61,11 @@ struct FloatB {
 
 // Shared memory in precision kP with B from B: kSlots raw stages (float32, 128-byte rows: row i of
 // the stage holds r = 0..31 of A row i, or of B row i − kBM; with NF4 weights, B's part is
-// B::kRawBytes of codes instead, see nf4_operand.cuh), for bf16 or NF4 kSlots math stages (rows of 64 bytes for bf16,
-// 128 for tf32; tf32 with float B lands rounded by the TMA unit, so its raw stages are its math stages), then the
-// mbarriers of the slots: raw_full (copies landed), full (rounded), empty (consumers done),
-// raw_empty (rounding done, when not in place). Stage s of a block's stream uses slot s % kSlots
-// of each ring.
+// B::kRawBytes of codes instead, see nf4_operand.cuh), for bf16 or NF4 kSlots math stages (rows
+// of 64 bytes for bf16, 128 for tf32; tf32 with float B lands rounded by the TMA unit, so its raw
+// stages are its math stages), then the mbarriers of the slots: raw_full (copies landed), full
+// (rounded), empty (consumers done), raw_empty (rounding done, when not in place). Stage s of a
+// block's stream uses slot s % kSlots of each ring.
 template <Precision kP, class B = FloatB>
 struct Layout {
   static_assert(kP == Precision::kTf32 || kP == Precision::kBf16, "wgmma path: tf32 and bf16");
@@ -369,11 +370,11 @@ __device__ __forceinline__ void store_tile(const float (&acc)[kAcc], const TileJ
 __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 2, %0;\n" ::"n"(kConsumers) : "memory"); }
 
 // store_tile through shared memory (c 16-byte aligned, ldc and cols multiples of 4, as every
-// sm_90a launch has: grouped_gemm.cu takes this path only with out_vec4): each warp writes its 16 rows × 32 columns at a time into its part of `staging` (rows of 144
-// bytes: a float2 write of 8 rows falls on distinct bank pairs), reads them back as 4 rows × 128
-// bytes per float4 load and stores those. A warp's store then covers 4 whole 128-byte lines
-// instead of 8 rows × 32 bytes: 4× fewer line writes through the load/store pipe, which the
-// producers' rounding shares.
+// sm_90a launch has: grouped_gemm.cu takes this path only with out_vec4): each warp writes its
+// 16 rows × 32 columns at a time into its part of `staging` (rows of 144 bytes: a float2 write of
+// 8 rows falls on distinct bank pairs), reads them back as 4 rows × 128 bytes per float4 load and
+// stores those. A warp's store then covers 4 whole 128-byte lines instead of 8 rows × 32 bytes:
+// 4× fewer line writes through the load/store pipe, which the producers' rounding shares.
 constexpr int kStagePitch = 144, kStageBytes = kConsumers / 32 * 16 * kStagePitch;
 __device__ __forceinline__ void store_tile_staged(const float (&acc)[kAcc], const TileJob& job, uint8_t* staging) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

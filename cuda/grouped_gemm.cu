@@ -40,17 +40,19 @@ constexpr bool kNf4 = kOp == Op::kForwardNf4 || kOp == Op::kForwardTransposedNf4
 // Tile shapes (sm_80 path), all within the 99 KB of shared memory that every sm_80+ part lets a
 // block have. Wide: 128 × 128 outputs per block, 3 stages (96 KB); tf32 and bf16 take 4 warps of
 // 64 × 64 (two blocks fit an SM of an H100, one of an A100); 3xTF32 keeps a second set of
-// accumulators and takes 8 warps of 64 × 32. Thin, for N ≤ 32 (LoRA ranks): 128 × 32 (forward, dX)
-// or 32 × 128 (dW, where N is the row side of dw[e]), 4 warps of 32 × 32, 4 stages (80 KB); the
-// wide operand is streamed once instead of padding N to 128. dW with K ≤ 32 < N (dw[e] of a LoRA
-// up-projection, r columns) takes 128 × 32 too, where a wide tile would be 3/4 padding (H200,
-// M = 65536, r = 8..32: 1.14–1.5× faster).
-using ThinTile = gemm::TileShape<128, 32, 4, 1, 4>;
-template <Op kOp, Precision kP, bool kThin>
+// accumulators and takes 8 warps of 64 × 32. Thin, for an output side of at most kThinN (LoRA
+// ranks), 4 warps of 32 × 32, 4 stages (80 KB), the wide operand streamed once instead of padding
+// the thin side to 128: N ≤ 32 takes 128 × 32 (forward, dX) or 32 × 128 (dW, where N is the row
+// side of dw[e]); dW with K ≤ 32 < N (dw[e] of a LoRA up-projection, r columns) takes 128 × 32
+// (H200, M = 65536, r = 8..32: 1.14–1.5× faster than the wide tile, 3/4 padding there).
+enum class Thin { kNo, kN, kK };  // which side of the output is thin
+template <Op kOp, Precision kP, Thin kThin>
 using ShapeFor = std::conditional_t<
-    kThin, std::conditional_t<kOp == Op::kGradWeight, gemm::TileShape<32, 128, 1, 4, 4>, ThinTile>,
+    kThin == Thin::kNo,
     std::conditional_t<kP == Precision::kHighest, gemm::TileShape<128, 128, 2, 4, 3>,
-                       gemm::TileShape<128, 128, 2, 2, 3>>>;
+                       gemm::TileShape<128, 128, 2, 2, 3>>,
+    std::conditional_t<kOp == Op::kGradWeight && kThin == Thin::kN, gemm::TileShape<32, 128, 1, 4, 4>,
+                       gemm::TileShape<128, 32, 4, 1, 4>>>;
 constexpr int64_t kThinN = 32;
 
 constexpr int kPlanThreads = 1024;
@@ -398,10 +400,10 @@ cudaError_t run_sm90(const GemmArgs& args, const CUtensorMap& map_a, const CUten
 
 template <Op kOp, Precision kP>
 cudaError_t run(const GemmArgs& args, const int32_t* group_sizes, bool vec4, int sms, cudaStream_t stream) {
+  if (args.N <= kThinN) return run<ShapeFor<kOp, kP, Thin::kN>, kOp, kP>(args, group_sizes, vec4, sms, stream);
   if constexpr (kOp == Op::kGradWeight)
-    if (args.K <= kThinN && args.N > kThinN) return run<ThinTile, kOp, kP>(args, group_sizes, vec4, sms, stream);
-  return args.N <= kThinN ? run<ShapeFor<kOp, kP, true>, kOp, kP>(args, group_sizes, vec4, sms, stream)
-                          : run<ShapeFor<kOp, kP, false>, kOp, kP>(args, group_sizes, vec4, sms, stream);
+    if (args.K <= kThinN) return run<ShapeFor<kOp, kP, Thin::kK>, kOp, kP>(args, group_sizes, vec4, sms, stream);
+  return run<ShapeFor<kOp, kP, Thin::kNo>, kOp, kP>(args, group_sizes, vec4, sms, stream);
 }
 
 template <Op kOp>
