@@ -9,8 +9,9 @@
 // Warp-specialized: one producer thread has the tensor memory accelerator (TMA) copy each stage
 // (32 deep) global → shared, 128-byte swizzled, rows past the tensors and r past the depth
 // zero-filled. tf32: the TMA unit itself rounds float32 to tf32 (to nearest even) as it copies
-// (wgmma would truncate), so the stage is ready where it lands unless an operand is MN-major, which
-// the producer warpgroup transposes in place (load_blocks / store_blocks). bf16 and NF4: the
+// (wgmma would truncate), so the stage is ready where it lands: an MN-major B is read by the
+// consumers into registers as it landed (the tile computed transposed, see column_of), an MN-major
+// A (dW) the producer warpgroup transposes in place (load_blocks / store_blocks). bf16 and NF4: the
 // producers round the float32 stage (bf16: to nearest even; NF4 in tf32: cvt.rna, ties away) into
 // a second ring, transposing MN-major operands on the way. Two consumer warpgroups, 64 × 256
 // outputs each, only wait for stages, run wgmma and store their tile. The sides meet at mbarriers.
@@ -124,6 +125,14 @@ __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
 }
+__device__ __forceinline__ bool mbar_test(uint64_t* bar, uint32_t parity) {  // mbar_wait without waiting
+  uint32_t done;
+  asm volatile("{\n.reg .pred p;\nmbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+               : "=r"(done)
+               : "r"(smem_addr(bar)), "r"(parity)
+               : "memory");
+  return done;
+}
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
   uint32_t done;
   do {
@@ -153,6 +162,20 @@ __device__ __forceinline__ void tma_load_3d(uint8_t* dst, const CUtensorMap* map
       : "memory");
 }
 
+// Moves registers between warpgroups (setmaxnreg): the launch gives each thread 168 (65536 / 384,
+// rounded down to 8); kBRegs kernels need more for the consumers (accumulators and B's registers;
+// at 168 ptxas serializes their wgmma) than for the producers, which only copy or transpose A:
+// 128 · 88 + 256 · 208 = 384 · 168 (at 56 or 72 the producers of dW spill).
+constexpr int kProducerRegs = 88, kConsumerRegs = 208;
+static_assert(kProducers * kProducerRegs + kConsumers * kConsumerRegs <= kThreads * 168, "the launch's registers");
+template <bool kIncrease, int kCount>
+__device__ __forceinline__ void set_max_registers() {
+  if constexpr (kIncrease)
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kCount));
+  else
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kCount));
+}
+
 // Barrier 1 of the block, for the producer warpgroup alone (barrier 0 is __syncthreads).
 __device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kProducers) : "memory"); }
 
@@ -165,10 +188,14 @@ __device__ __forceinline__ void fence_acc(float (&acc)[kAcc]) {
 #define MOE_ACC8(i)                                                                                          \
   "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), \
       "+f"(d[i + 7])
-#define MOE_ACC128                                                                                            \
-  MOE_ACC8(0), MOE_ACC8(8), MOE_ACC8(16), MOE_ACC8(24), MOE_ACC8(32), MOE_ACC8(40), MOE_ACC8(48), MOE_ACC8(56), \
-      MOE_ACC8(64), MOE_ACC8(72), MOE_ACC8(80), MOE_ACC8(88), MOE_ACC8(96), MOE_ACC8(104), MOE_ACC8(112),     \
-      MOE_ACC8(120)
+#define MOE_ACC64(o)                                                                                          \
+  MOE_ACC8(o), MOE_ACC8(o + 8), MOE_ACC8(o + 16), MOE_ACC8(o + 24), MOE_ACC8(o + 32), MOE_ACC8(o + 40),         \
+      MOE_ACC8(o + 48), MOE_ACC8(o + 56)
+#define MOE_ACC128 MOE_ACC64(0), MOE_ACC64(64)
+#define MOE_D64                                                                                               \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "  \
+  "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "   \
+  "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 #define MOE_D128                                                                                              \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "  \
   "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "   \
@@ -194,8 +221,23 @@ __device__ __forceinline__ void wgmma(float (&d)[kAcc], uint64_t a, uint64_t b, 
                  : MOE_ACC128
                  : "l"(a), "l"(b), "r"(accumulate));
 }
+
+// acc[64h ..] (+)= A · Bᵀ, tf32, for A 64 × 8 in registers (a: rows l/4, l/4 + 8 of the warp's
+// 16 at r = l%4, then at r = l%4 + 4) and B 128 × 8 at descriptor b; accumulator layout as
+// wgmma's above with 8q < 128.
+template <int kHalf>
+__device__ __forceinline__ void wgmma_rs(float (&acc)[kAcc], const uint32_t (&a)[4], uint64_t b, int accumulate) {
+  float* const d = acc + 64 * kHalf;
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 " MOE_D64
+               ", {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
+               : MOE_ACC64(0)
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+}
+#undef MOE_D64
 #undef MOE_D128
 #undef MOE_ACC128
+#undef MOE_ACC64
 #undef MOE_ACC8
 
 // ---------------------------------------------------------------------------------------------
@@ -259,7 +301,7 @@ __device__ __forceinline__ uint32_t lane_of(const uint4& v, int q) { return q ==
 // jc = p % 8, rb = (jc + p / 8) % 8, b = p / 64 + 2i. Then a quarter-warp's 8 loads and 8 stores
 // each hit 8 distinct 16-byte bank groups of both swizzled layouts (checked by enumeration; bf16:
 // lanes of odd p / 8 store their 4 rows in the order 1, 0, 3, 2, so that the two quarter-warps of
-// a half-warp's 8-byte stores use different halves of the 128 bytes). tf32 transposes in place:
+// a half-warp's 8-byte stores use different halves of the 128 bytes). tf32 (dW's A) transposes in place:
 // box b's 4 KB become exactly the 32 K-major rows of its columns, so the producers load all their
 // blocks, meet at a barrier, then store (convert).
 template <int kBoxes>
@@ -304,10 +346,10 @@ __device__ __forceinline__ void store_blocks(uint8_t* math, int p, const Blocks<
 }
 
 // Producer p's share of a landed raw stage (A's kBM rows, then B's kBN) into its math stage:
-// bf16 rounds every operand; tf32 (in place, rounded by the TMA unit) transposes MN-major ones and
-// leaves K-major ones as they landed. valid = the depth left at this stage (dW: r past it is
-// another expert's and is masked). MN-major operands: all loads, (tf32) one barrier of the
-// producers, then the stores.
+// bf16 rounds every operand; tf32 (in place, rounded by the TMA unit) transposes those it is
+// given as MN-major (dW's A) and leaves the others as they landed. valid = the depth left at this
+// stage (dW: r past it is another expert's and is masked). MN-major operands: all loads, (tf32)
+// one barrier of the producers, then the stores.
 template <Precision kP, bool kAMN, bool kBMN>
 __device__ __forceinline__ void convert(const uint8_t* raw, uint8_t* math, int p, int valid) {
   using L = Layout<kP>;
@@ -404,6 +446,56 @@ __device__ __forceinline__ void store_tile_staged(const float (&acc)[kAcc], cons
 }
 
 // ---------------------------------------------------------------------------------------------
+// tf32 with B MN-major (dX, dW): the consumers load B from the raw stage into registers, as
+// wgmma's A operand, and compute the tile transposed, Cᵀ(j, i) = Σ_r B(j, r) · A(i, r), with A's
+// kBM rows K-major in shared memory as wgmma's B (n = 128). No transpose of B is needed: warpgroup
+// g takes B's columns [128g, 128g + 128) as two m64 halves. Warp w's 16 wgmma rows of a half are
+// columns 32·(w / 2) + [0, 32) of the half: lane l holds rows l/4 and l/4 + 8, which are chosen
+// as the adjacent columns 4c + 2·(l/4 % 2) + {0, 1} of 16-byte chunk c = 2·(w % 2) + l/16 +
+// 4·(l/8 % 2), so that one 8-byte load fetches both. At r = 8s + l%4 (then + 4) the half-warp's 4
+// rows then meet 8 distinct chunks of the 128-byte swizzle: conflict-free loads.
+__device__ __forceinline__ int column_of(int half) {  // the first of this thread's two columns
+  const int warp = threadIdx.x % 128 / 32, g = threadIdx.x % 32 / 4;
+  const int chunk = 2 * (warp % 2) + g / 4 + 4 * (g % 4 / 2);
+  return threadIdx.x / 128 * 128 + half * 64 + warp / 2 * 32 + chunk * 4 + g % 2 * 2;
+}
+
+// This thread's registers of B for step s (r = 8s .. 8s + 7) of a landed stage's B part; kMask:
+// r ≥ valid reads 0 (dW: another expert's rows). at[h][u]: byte offset of r = l%4 + 4u in half h.
+template <bool kMask>
+__device__ __forceinline__ void load_fragment(const uint8_t* b_part, const uint32_t (&at)[2][2], int step, int valid,
+                                              uint32_t (&a)[2][4]) {
+  const int t = threadIdx.x % 4;
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      uint2 v = *reinterpret_cast<const uint2*>(b_part + at[h][u] + step * 1024);
+      if (kMask && 8 * step + 4 * u + t >= valid) v = make_uint2(0, 0);
+      a[h][2 * u] = v.x, a[h][2 * u + 1] = v.y;
+    }
+}
+
+// Stores the transposed tile: C(i, j) = acc of wgmma row j (column_of), column i, for i < rows,
+// j < cols (cols a multiple of 4, so both of a thread's columns are in or out).
+__device__ __forceinline__ void store_tile_transposed(const float (&acc)[kAcc], const TileJob& job) {
+  const int t = threadIdx.x % 4;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int j = column_of(h);
+    if (j >= job.cols) continue;
+#pragma unroll
+    for (int q = 0; q < kBM / 8; ++q)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int i = 8 * q + 2 * t + e;
+        const int a = 64 * h + 4 * q + e;
+        if (i < job.rows) *reinterpret_cast<float2*>(job.c + i * job.ldc + j) = make_float2(acc[a], acc[a + 2]);
+      }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // A persistent block's stream: tiles blockIdx.x, blockIdx.x + gridDim.x, … < num_tiles, job(tile)
 // giving each one's operands, depth and output (TileJob; A, B MN-major when kAMN, kBMN). The
 // stream's stages are the tiles' num_k = ⌈depth / 32⌉ stages in order (tiles of depth 0 have none
@@ -415,24 +507,32 @@ __device__ __forceinline__ void store_tile_staged(const float (&acc)[kAcc], cons
 // math slot it takes; round, transpose or decode, fence.proxy.async, arrive on full (and on
 // raw_empty). Then the leader copies stage s + 3 once its slot is free: (in place) the consumers
 // released stage s − 1 (empty), (else) every producer has rounded stage s + 3 − kSlots
-// (raw_empty). tf32 with both operands K-major leaves the producers nothing to do: the leader
+// (raw_empty). tf32 with A K-major (forward, dX) leaves the producers nothing to do: the leader
 // copies stage s once the consumers released stage s − kSlots, and the consumers wait on raw_full
-// instead of full. Consumers, stage s: wait on full; wgmma (async); wait
-// for their wgmma of stage s − 1 and release it (empty); at a tile's end wait for all, release
-// stage s, store the tile. In place, a slot is also the next copy's landing place, so the
-// consumers wait for stage s's own wgmma and release s at once: holding a finished stage while
-// stage s + 1 is still in flight would leave one of the kSlots copies unissued (tf32 dX and dW
-// 1.04–1.12× on an H200; the forward unchanged). Every wait is for the phase of the slot's
-// current pass; a pass-0 wait on a barrier that guards a free slot asks for parity 1 and returns
-// at once.
+// instead of full. Consumers, stage s: wait on full; wgmma (async); wait for their wgmma of stage
+// s − 1 and release it (empty); at a tile's end wait for all, release stage s, store the tile. In
+// place, a slot is also the next copy's landing place, so the consumers wait for stage s's own
+// wgmma and release s at once: holding a finished stage while stage s + 1 is still in flight
+// would leave one of the kSlots copies unissued (1.04–1.12× for tf32 dX and dW when they ran
+// here; the forward unchanged). tf32 with B MN-major (dX, dW; kBRegs) moves registers from the
+// producers to the consumers and runs the transposed tile (column_of): per 8 deep, load B's
+// registers, wgmma both halves, and wait for the wgmma of the step before, whose registers the
+// next step reloads (H200, M = 65536, against the in-place transpose of B: dX 1.28–1.30×, dW
+// 1.05×). There stage s − 1 is released once its last wgmma is done, which the wait of stage s's
+// first step tells, if stage s had landed; if not, before waiting for it (dW 1.05×, dX
+// unchanged). Every wait is for the phase of the slot's current pass; a pass-0 wait on a barrier
+// that guards a free slot asks for parity 1 and returns at once.
 template <Precision kP, bool kAMN, bool kBMN, class Job, class B = FloatB>
 __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, const Job& job, const CUtensorMap* map_a,
                                           const CUtensorMap* map_b, const B& b_source = B{},
                                           const CUtensorMap* map_s = nullptr) {
   using L = Layout<kP, B>;
-  // tf32 with both operands K-major: the stages are ready as they land, nothing for the producers
-  // to do but copy; the consumers wait on raw_full.
-  constexpr bool kCopyOnly = L::kInPlace && !kAMN && !kBMN;
+  // tf32 with B MN-major: the consumers read B into registers (load_fragment), untransposed.
+  constexpr bool kBRegs = L::kInPlace && kBMN;
+  constexpr bool kTransposeB = kBMN && !kBRegs;
+  // tf32 with A K-major and B K-major or in registers: the stages are ready as they land, nothing
+  // for the producers to do but copy; the consumers wait on raw_full.
+  constexpr bool kCopyOnly = L::kInPlace && !kAMN && !kTransposeB;
   const auto num_k = [](const TileJob& t) { return (t.depth + kBK - 1) / kBK; };
   const int stride = gridDim.x;
   uint64_t* const raw_full = L::barriers(smem);
@@ -449,6 +549,7 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
   __syncthreads();
 
   if (threadIdx.x >= kConsumers) {
+    if constexpr (kBRegs) set_max_registers<false, kProducerRegs>();
     const int p = threadIdx.x - kConsumers;
     const bool leader = p == 0;
     // The copy cursor: stage copy_k of tile copy_tile, the next to copy; copy_tile ≥ num_tiles at the end.
@@ -500,7 +601,7 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
                                          k * kBK);
             store_rows<kP>(L::math(smem, slot), p, a);
           } else {
-            convert<kP, kAMN, kBMN>(L::raw(smem, slot), L::math(smem, slot), p, cur.depth - k * kBK);
+            convert<kP, kAMN, kTransposeB>(L::raw(smem, slot), L::math(smem, slot), p, cur.depth - k * kBK);
           }
           fence_proxy_async();
           mbar_arrive(&full[slot]);
@@ -518,6 +619,7 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
   }
 
   // Consumers.
+  if constexpr (kBRegs) set_max_registers<true, kConsumerRegs>();
   const int wg_rows = threadIdx.x / 128 * 64 * L::kPitch;  // this warpgroup's rows of A
   float acc[kAcc];
   fence_acc(acc);
@@ -528,6 +630,45 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
     const int nk = num_k(out);
     if (nk == 0) {  // before the loop: a path that may read acc without a wgmma makes ptxas serialize them (C7518)
       store_tile<true>(acc, out);
+      continue;
+    }
+    if constexpr (kBRegs) {
+      uint32_t at[2][2];  // byte offsets of this thread's B registers in a stage's B part (load_fragment)
+      for (int h = 0; h < 2; ++h)
+        for (int u = 0; u < 2; ++u) {
+          const int j = column_of(h), r = threadIdx.x % 4 + 4 * u;
+          at[h][u] = j / 32 * 4096 + swizzle<128>(r * 128 + j % 32 * 4);
+        }
+      uint32_t a[2][2][4];  // [step % 2]: step s's registers are reloaded at s + 2
+      for (int k = 0; k < nk; ++k) {
+        uint64_t* const ready = kCopyOnly ? &raw_full[slot] : &full[slot];
+        bool held = k > 0;  // stage k − 1, whose last wgmma may still run
+        if (held && !mbar_test(ready, pass & 1)) {  // not landed: release k − 1 before waiting
+          wgmma_wait<0>();
+          mbar_arrive(&empty[prev]);
+          held = false;
+        }
+        mbar_wait(ready, pass & 1);
+        const uint8_t* stage = L::math(smem, slot);
+        const uint64_t desc_a = make_desc<kP>(stage);
+        const int valid = out.depth - k * kBK;
+#pragma unroll
+        for (int step = 0; step < kBK / 8; ++step) {
+          load_fragment<kAMN>(stage + kBM * L::kPitch, at, step, valid, a[step % 2]);
+          wgmma_fence();
+          wgmma_rs<0>(acc, a[step % 2][0], desc_a + 2 * step, k > 0 || step > 0);
+          wgmma_rs<1>(acc, a[step % 2][1], desc_a + 2 * step, k > 0 || step > 0);
+          wgmma_commit();
+          wgmma_wait<1>();
+          if (step == 0 && held) mbar_arrive(&empty[prev]);
+        }
+        prev = slot;
+        if (++slot == L::kSlots) slot = 0, ++pass;
+      }
+      wgmma_wait<0>();
+      mbar_arrive(&empty[prev]);
+      fence_acc(acc);
+      store_tile_transposed(acc, out);
       continue;
     }
     for (int k = 0; k < nk; ++k) {
