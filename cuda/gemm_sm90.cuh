@@ -14,7 +14,8 @@
 // A (dW) the producer warpgroup transposes in place (load_blocks / store_blocks). bf16 and NF4: the
 // producers round the float32 stage (bf16: to nearest even; NF4 in tf32: cvt.rna, ties away) into
 // a second ring, transposing MN-major operands on the way. Two consumer warpgroups, 64 × 256
-// outputs each, only wait for stages, run wgmma and store their tile. The sides meet at mbarriers.
+// outputs each (128 × 128 with B in registers), only wait for stages, run wgmma and store their
+// tile. The sides meet at mbarriers.
 // Copies run ahead of the consumers (kAhead = 3 stages ahead of the rounding, or as far as the
 // ring allows when there is none), across the tiles of a persistent block, so loads continue
 // through the epilogues.
@@ -448,7 +449,8 @@ __device__ __forceinline__ void store_tile_staged(const float (&acc)[kAcc], cons
 // ---------------------------------------------------------------------------------------------
 // tf32 with B MN-major (dX, dW): the consumers load B from the raw stage into registers, as
 // wgmma's A operand, and compute the tile transposed, Cᵀ(j, i) = Σ_r B(j, r) · A(i, r), with A's
-// kBM rows K-major in shared memory as wgmma's B (n = 128). No transpose of B is needed: warpgroup
+// kBM rows, K-major in shared memory (dW's once the producers transposed them in place), as
+// wgmma's B (n = 128). No transpose of B is needed: warpgroup
 // g takes B's columns [128g, 128g + 128) as two m64 halves. Warp w's 16 wgmma rows of a half are
 // columns 32·(w / 2) + [0, 32) of the half: lane l holds rows l/4 and l/4 + 8, which are chosen
 // as the adjacent columns 4c + 2·(l/4 % 2) + {0, 1} of 16-byte chunk c = 2·(w % 2) + l/16 +
