@@ -439,10 +439,11 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
   // columns, and outside the shallow-and-wide corner (K < 512, N > 1024) where storing y dominates
   // and the sm_80 path's staged 16-byte row stores win. tf32 (no rounding pass on sm_90a) wins
   // there from K = 128 on (H200, N = 2048, forward and dX: +13–19 % at K = 128, +3–47 % at 256,
-  // −5 to −9 % at K = 64). dX in bf16 also needs a mean of 256 rows per expert (at 128 it measured
-  // 2 % slower: ragged row tiles; E = 128).
-  const bool sm90_shape = N >= gemm::sm90::kBN && K >= 64 &&
-                          (K >= (precision == Precision::kTf32 ? 128 : 512) || N <= 1024) &&
+  // the forward −5 to −9 % at K = 64), and dX, with w read into registers, from K = 64 on (H200,
+  // N = 1536–4096: +15–21 % at M = 65536, +7–9 % at 16384). dX in bf16 also needs a mean of 256
+  // rows per expert (at 128 it measured 2 % slower: ragged row tiles; E = 128).
+  const int shallow_min = precision == Precision::kTf32 ? (transpose_weight ? 64 : 128) : 512;
+  const bool sm90_shape = N >= gemm::sm90::kBN && K >= 64 && (K >= shallow_min || N <= 1024) &&
                           (!transpose_weight || precision == Precision::kTf32 || M >= 256 * E);
   const int64_t kCoord = int64_t{1} << 31;  // TMA coordinates are 32-bit
   CUtensorMap map_x, map_w;

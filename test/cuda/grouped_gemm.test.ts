@@ -26,6 +26,8 @@ const CASES: GroupedCase[] = [
   {name: 'sm_90a forward: K=2048 N=1024, skewed', M: 900, K: 2048, N: 1024, groups: () => Int32Array.of(3, 850, 0, 47)},
   // Shallow and wide (128 ≤ K < 512, N > 1024): sm_90a in tf32 only; a 4-column last tile, a partial depth stage.
   {name: 'sm_90a forward and dX in tf32: K=132 N=1284', M: 700, K: 132, N: 1284, groups: () => Int32Array.of(0, 300, 1, 399)},
+  // tf32 dX takes sm_90a from K = 64 (w in registers); the forward stays on sm_80 there.
+  {name: 'sm_90a dX in tf32: K=68 N=1100', M: 600, K: 68, N: 1100, groups: () => Int32Array.of(0, 250, 1, 349)},
   // Shapes the sm_90a dX and dW paths take in both precisions (also M ≥ 256 · E): ragged tiles and
   // depths, empty experts, one expert holding every row.
   {name: 'sm_90a dX, dW: K=516 N=260, empty experts', M: 2000, K: 516, N: 260, groups: () => Int32Array.of(0, 900, 0, 1, 1099)},
