@@ -450,12 +450,12 @@ __device__ __forceinline__ void store_tile_staged(const float (&acc)[kAcc], cons
 // tf32 with B MN-major (dX, dW): the consumers load B from the raw stage into registers, as
 // wgmma's A operand, and compute the tile transposed, Cᵀ(j, i) = Σ_r B(j, r) · A(i, r), with A's
 // kBM rows, K-major in shared memory (dW's once the producers transposed them in place), as
-// wgmma's B (n = 128). No transpose of B is needed: warpgroup
-// g takes B's columns [128g, 128g + 128) as two m64 halves. Warp w's 16 wgmma rows of a half are
-// columns 32·(w / 2) + [0, 32) of the half: lane l holds rows l/4 and l/4 + 8, which are chosen
-// as the adjacent columns 4c + 2·(l/4 % 2) + {0, 1} of 16-byte chunk c = 2·(w % 2) + l/16 +
-// 4·(l/8 % 2), so that one 8-byte load fetches both. At r = 8s + l%4 (then + 4) the half-warp's 4
-// rows then meet 8 distinct chunks of the 128-byte swizzle: conflict-free loads.
+// wgmma's B (n = 128). No transpose of B is needed: warpgroup g takes B's columns [128g, 128g +
+// 128) as two m64 halves. Warp w's 16 wgmma rows of a half are columns 32·(w / 2) + [0, 32) of the
+// half: lane l holds rows l/4 and l/4 + 8, which are chosen as the adjacent columns 4c + 2·(l/4 %
+// 2) + {0, 1} of 16-byte chunk c = 2·(w % 2) + l/16 + 4·(l/8 % 2), so that one 8-byte load fetches
+// both. At r = 8s + l%4 (then + 4) the half-warp's 4 rows then meet 8 distinct chunks of the
+// 128-byte swizzle: conflict-free loads.
 __device__ __forceinline__ int column_of(int half) {  // the first of this thread's two columns
   const int warp = threadIdx.x % 128 / 32, g = threadIdx.x % 32 / 4;
   const int chunk = 2 * (warp % 2) + g / 4 + 4 * (g % 4 / 2);
