@@ -4,7 +4,8 @@ For each benchmark shape, a dense torch.matmul of equal FLOPs (2·M·N·K) in fl
 on, in float32 with TF32 off, and in bf16; and torch._grouped_mm in bf16 on the same grouped
 problem where this torch has it, once on bf16 tensors and once as a float32 user calls it (x and
 w cast to bf16, the product cast back to float32, all inside the timing). Medians of CUDA-event
-timings after warm-up, inputs rotated over three sets. Writes JSON {key: TFLOP/s} to the path given, and prints a table.
+timings after warm-up, inputs rotated over three sets. Writes JSON {key: TFLOP/s} to the path
+given, and prints a table.
 
     python3 bench/gpu_torch.py out.json
 """

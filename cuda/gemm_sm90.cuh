@@ -462,8 +462,18 @@ __device__ __forceinline__ int column_of(int half) {  // the first of this threa
   return threadIdx.x / 128 * 128 + half * 64 + warp / 2 * 32 + chunk * 4 + g % 2 * 2;
 }
 
-// This thread's registers of B for step s (r = 8s .. 8s + 7) of a landed stage's B part; kMask:
-// r ≥ valid reads 0 (dW: another expert's rows). at[h][u]: byte offset of r = l%4 + 4u in half h.
+// Byte offsets in a stage's B part (boxes of 32 columns × 32 r, 128-byte swizzled) of this
+// thread's two columns (column_of) at r = l%4 + 4u of half h: at[h][u]; step s adds 1024 bytes.
+__device__ __forceinline__ void fragment_offsets(uint32_t (&at)[2][2]) {
+  for (int h = 0; h < 2; ++h)
+    for (int u = 0; u < 2; ++u) {
+      const int j = column_of(h), r = threadIdx.x % 4 + 4 * u;
+      at[h][u] = j / 32 * 4096 + swizzle<128>(r * 128 + j % 32 * 4);
+    }
+}
+
+// This thread's registers of B for step s (r = 8s .. 8s + 7) of a landed stage's B part, at the
+// offsets `at` (fragment_offsets); kMask: r ≥ valid reads 0 (dW: another expert's rows).
 template <bool kMask>
 __device__ __forceinline__ void load_fragment(const uint8_t* b_part, const uint32_t (&at)[2][2], int step, int valid,
                                               uint32_t (&a)[2][4]) {
@@ -529,12 +539,12 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
                                           const CUtensorMap* map_b, const B& b_source = B{},
                                           const CUtensorMap* map_s = nullptr) {
   using L = Layout<kP, B>;
-  // tf32 with B MN-major: the consumers read B into registers (load_fragment), untransposed.
+  // tf32 with B MN-major: the consumers read B into registers (load_fragment), untransposed, so
+  // only bf16 and NF4 (not in place) transpose B.
   constexpr bool kBRegs = L::kInPlace && kBMN;
-  constexpr bool kTransposeB = kBMN && !kBRegs;
-  // tf32 with A K-major and B K-major or in registers: the stages are ready as they land, nothing
-  // for the producers to do but copy; the consumers wait on raw_full.
-  constexpr bool kCopyOnly = L::kInPlace && !kAMN && !kTransposeB;
+  // tf32 with A K-major: the stages are ready as they land, nothing for the producers to do but
+  // copy; the consumers wait on raw_full.
+  constexpr bool kCopyOnly = L::kInPlace && !kAMN;
   const auto num_k = [](const TileJob& t) { return (t.depth + kBK - 1) / kBK; };
   const int stride = gridDim.x;
   uint64_t* const raw_full = L::barriers(smem);
@@ -603,7 +613,7 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
                                          k * kBK);
             store_rows<kP>(L::math(smem, slot), p, a);
           } else {
-            convert<kP, kAMN, kTransposeB>(L::raw(smem, slot), L::math(smem, slot), p, cur.depth - k * kBK);
+            convert<kP, kAMN, kBMN && !kBRegs>(L::raw(smem, slot), L::math(smem, slot), p, cur.depth - k * kBK);
           }
           fence_proxy_async();
           mbar_arrive(&full[slot]);
@@ -623,6 +633,8 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
   // Consumers.
   if constexpr (kBRegs) set_max_registers<true, kConsumerRegs>();
   const int wg_rows = threadIdx.x / 128 * 64 * L::kPitch;  // this warpgroup's rows of A
+  uint32_t at[2][2];  // kBRegs: where this thread's B registers lie in a stage
+  if constexpr (kBRegs) fragment_offsets(at);
   float acc[kAcc];
   fence_acc(acc);
   int slot = 0, prev = 0;
@@ -635,12 +647,6 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
       continue;
     }
     if constexpr (kBRegs) {
-      uint32_t at[2][2];  // byte offsets of this thread's B registers in a stage's B part (load_fragment)
-      for (int h = 0; h < 2; ++h)
-        for (int u = 0; u < 2; ++u) {
-          const int j = column_of(h), r = threadIdx.x % 4 + 4 * u;
-          at[h][u] = j / 32 * 4096 + swizzle<128>(r * 128 + j % 32 * 4);
-        }
       uint32_t a[2][2][4];  // [step % 2]: step s's registers are reloaded at s + 2
       for (int k = 0; k < nk; ++k) {
         uint64_t* const ready = kCopyOnly ? &raw_full[slot] : &full[slot];
