@@ -1,7 +1,8 @@
-// Grouped GEMMs of the MoE layer on the GPU (moe_cuda.h): a plan kernel computes the experts' row
-// ranges and tile prefix sums from group_sizes on the device; a persistent kernel walks all
-// experts' tiles (tile_scheduler.cuh) and runs the sm_80 tensor-core tile math (gemm_sm80.cuh), or
-// on compute capability 9.0 the wgmma tile math (gemm_sm90.cuh) for tf32 and bf16.
+// Grouped GEMMs of the MoE layer on the GPU (moe_cuda.h): a persistent kernel whose blocks first
+// compute the experts' row ranges and tile prefix sums from group_sizes on the device (or read them
+// from a plan kernel where shared memory is short), then walk all experts' tiles
+// (tile_scheduler.cuh) with the sm_80 tensor-core tile math (gemm_sm80.cuh), or on compute
+// capability 9.0 the wgmma tile math (gemm_sm90.cuh) for tf32 and bf16.
 //
 //   forward  y[m, n]     = Σ_k x[m, k] · w[g(m), n, k]     A = x (K-major), B = w[e] (K-major)
 //   dX       y[m, n]     = Σ_k x[m, k] · w[g(m), k, n]     A = x (K-major), B = w[e] (MN-major)
@@ -58,13 +59,13 @@ constexpr int64_t kThinN = 32;
 constexpr int kPlanThreads = 1024;
 
 // Writes plan.row_start and plan.tile_start (tile_scheduler.cuh) for tiles of bm rows × tiles_n
-// column blocks; bm = 0 leaves tile_start at zeros. One block, experts in chunks of kPlanThreads.
-__global__ void __launch_bounds__(kPlanThreads) plan_kernel(const int32_t* group_sizes, int64_t E, int64_t M, int bm,
-                                                            int64_t tiles_n, int64_t* row_start, int64_t* tile_start) {
-  __shared__ int64_t scratch[32];
+// column blocks; bm = 0 leaves tile_start at zeros. The whole block calls it, experts in chunks of
+// blockDim.x; scratch: 32 values.
+__device__ void build_plan(const int32_t* group_sizes, int64_t E, int64_t M, int bm, int64_t tiles_n,
+                           int64_t* row_start, int64_t* tile_start, int64_t* scratch) {
   if (threadIdx.x == 0) row_start[0] = tile_start[0] = 0;
   int64_t rows_before = 0, tiles_before = 0;  // of earlier chunks; rows before clamping to M
-  for (int64_t base = 0; base < E; base += kPlanThreads) {
+  for (int64_t base = 0; base < E; base += blockDim.x) {
     const int64_t e = base + threadIdx.x;
     const int64_t size = e < E ? max(group_sizes[e], 0) : 0;
     int64_t chunk_rows, chunk_tiles;
@@ -81,6 +82,13 @@ __global__ void __launch_bounds__(kPlanThreads) plan_kernel(const int32_t* group
   }
 }
 
+// The plan into global memory, for GEMMs whose blocks have no shared memory left for it.
+__global__ void __launch_bounds__(kPlanThreads) plan_kernel(const int32_t* group_sizes, int64_t E, int64_t M, int bm,
+                                                            int64_t tiles_n, int64_t* row_start, int64_t* tile_start) {
+  __shared__ int64_t scratch[32];
+  build_plan(group_sizes, E, M, bm, tiles_n, row_start, tile_start, scratch);
+}
+
 // How a pipeline stage gets B: float32 copies, or NF4 codes decoded in shared memory.
 template <class Shape, Op kOp, int kVec>
 using CopyBFor = std::conditional_t<kNf4<kOp>, gemm::Nf4Copier<Shape::kBN, kBKMajor<kOp>, Shape::kThreads>,
@@ -92,9 +100,15 @@ struct GemmArgs {
   float* out;      // y [M, N], or dw [E, N, K]
   int64_t M, K, N, E;
   int64_t tiles_n, tiles_k;  // column blocks of y (forward, dX); n and k blocks of dw[e] (dW)
+  // The plan of tiles of plan_bm rows (0: dW): each block builds it in its shared memory from
+  // group_sizes when plan_in_smem, which spares a call the plan kernel's launch and its workspace
+  // (H100, LoRA r = 16 at M = 65536: 6–14 % of the GPU time); else plan_kernel has written `plan`
+  // in global memory before the launch.
+  const int32_t* group_sizes;
+  int plan_bm;
+  bool plan_in_smem;
   Plan plan;
   bool out_vec4;  // rows of the output take 16-byte stores
-  bool plan_in_smem;  // sm_90a row tiles: the plan is copied into shared memory, after the pipeline's
   // NF4 weights (kNf4 ops; w unused): expert e's codes at nf4 + e·nf4_bytes, absmax at absmax + e·nf4_blocks.
   const uint8_t* nf4;
   const float* absmax;
@@ -103,6 +117,24 @@ struct GemmArgs {
   bool nf4_aligned;  // 8 codes of a row chunk are one aligned 32-bit word
 };
 
+constexpr size_t plan_bytes(int64_t E) { return 2 * (E + 1) * sizeof(int64_t); }
+
+// This GEMM's plan: built by the block at smem_plan (plan_bytes(E)) when args.plan_in_smem, else
+// args.plan. The whole block calls it, before anything else uses shared memory.
+__device__ Plan block_plan(const GemmArgs& args, void* smem_plan) {
+  if (!args.plan_in_smem) return args.plan;
+  __shared__ int64_t scratch[32];
+  int64_t* p = static_cast<int64_t*>(smem_plan);
+  build_plan(args.group_sizes, args.E, args.M, args.plan_bm, args.tiles_n, p, p + args.E + 1, scratch);
+  __syncthreads();
+  return Plan{p, p + args.E + 1, args.E};
+}
+
+// Shared memory of the sm_80 kernel's pipeline (the plan may follow it).
+template <class Shape, Op kOp, int kVec>
+constexpr size_t kSmem80 = std::max(gemm::kSmemBytes<Shape, kAKMajor<kOp>, CopyBFor<Shape, kOp, kVec>>,
+                                    sizeof(float) * gemm::kEpilogueFloats<Shape>);
+
 // Persistent: block b runs tiles b, b + gridDim.x, … of all experts.
 template <class Shape, Op kOp, Precision kP, int kVec>
 __global__ void __launch_bounds__(Shape::kThreads) grouped_gemm_kernel(const GemmArgs args) {
@@ -110,14 +142,15 @@ __global__ void __launch_bounds__(Shape::kThreads) grouped_gemm_kernel(const Gem
   float* smem = reinterpret_cast<float*>(smem_f4);
   __shared__ float nf4_code[kNf4<kOp> ? 16 : 1];
   if constexpr (kNf4<kOp>) gemm::stage_nf4_code(nf4_code);
+  const Plan plan = block_plan(args, reinterpret_cast<char*>(smem_f4) + kSmem80<Shape, kOp, kVec>);
   constexpr int kBM = Shape::kBM, kBN = Shape::kBN;
   const int64_t num_tiles =
-      kOp == Op::kGradWeight ? args.E * args.tiles_n * args.tiles_k : args.plan.tile_start[args.E];
+      kOp == Op::kGradWeight ? args.E * args.tiles_n * args.tiles_k : plan.tile_start[args.E];
   for (int64_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
     float acc[Shape::kMmaM][Shape::kMmaN][4];
     if constexpr (kOp == Op::kGradWeight) {
       // dw[e, n0 + i, k0 + j] = Σ_{r < rows} dy[row0 + r, n0 + i] · x[row0 + r, k0 + j]
-      const ExpertTile t = gemm::expert_tile(args.plan, tile, kBM, kBN, args.tiles_n, args.tiles_k);
+      const ExpertTile t = gemm::expert_tile(plan, tile, kBM, kBN, args.tiles_n, args.tiles_k);
       const int rows = static_cast<int>(min(args.N - t.n0, static_cast<int64_t>(kBM)));
       const int cols = static_cast<int>(min(args.K - t.k0, static_cast<int64_t>(kBN)));
       const Operand a{args.w + t.row0 * args.N + t.n0, args.N, rows};
@@ -127,7 +160,7 @@ __global__ void __launch_bounds__(Shape::kThreads) grouped_gemm_kernel(const Gem
                               args.out_vec4);
     } else {
       // y[row0 + i, col0 + j] = Σ_k x[row0 + i, k] · w[e, col0 + j, k]   (or w[e, k, col0 + j])
-      const RowTile t = gemm::row_tile(args.plan, tile, kBM, kBN, args.tiles_n);
+      const RowTile t = gemm::row_tile(plan, tile, kBM, kBN, args.tiles_n);
       const int cols = static_cast<int>(min(args.N - t.col0, static_cast<int64_t>(kBN)));
       const Operand a{args.x + t.row0 * args.K, args.K, t.rows};
       if constexpr (kNf4<kOp>) {
@@ -163,10 +196,13 @@ __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
   namespace g90 = gemm::sm90;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + (1024 - gemm::smem_addr(smem_raw) % 1024) % 1024;  // the swizzles need 1024
+  // Every thread maps each of its tiles to an expert (a search over the plan, 2–3 rounds of
+  // dependent loads); from shared memory rather than global, where it fits.
+  const gemm::Plan plan = block_plan(args, smem + g90::Layout<kP, Sm90B<kOp>>::kPlanOffset);
   if constexpr (kOp == Op::kGradWeight) {
     // dw[e, n0 + i, k0 + j] = Σ_{r < rows_e} dy[row0 + r, n0 + i] · x[row0 + r, k0 + j]
     const auto job = [&](int64_t tile) {
-      const ExpertTile t = gemm::expert_tile(args.plan, tile, g90::kBM, g90::kBN, args.tiles_n, args.tiles_k);
+      const ExpertTile t = gemm::expert_tile(plan, tile, g90::kBM, g90::kBN, args.tiles_n, args.tiles_k);
       const int rows = static_cast<int>(min(args.N - t.n0, static_cast<int64_t>(g90::kBM)));
       const int cols = static_cast<int>(min(args.K - t.k0, static_cast<int64_t>(g90::kBN)));
       return g90::TileJob{static_cast<int>(t.n0), static_cast<int>(t.k0), 0, static_cast<int>(t.row0),
@@ -178,16 +214,6 @@ __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
     // y[row0 + i, col0 + j] = Σ_k x[row0 + i, k] · w[e, col0 + j, k]   (dX: w[e, k, col0 + j])
     static_assert(kOp != Op::kForwardTransposedNf4, "NF4 dX runs the sm_80 path");
     constexpr bool kTransposed = kOp == Op::kForwardTransposed;
-    // Every thread maps each of its tiles to an expert (a search over the plan, 2–3 rounds of
-    // dependent loads); from shared memory rather than global, where it fits.
-    gemm::Plan plan = args.plan;
-    if (args.plan_in_smem) {
-      int64_t* cached = reinterpret_cast<int64_t*>(smem + g90::Layout<kP, Sm90B<kOp>>::kPlanOffset);
-      for (int64_t e = threadIdx.x; e <= args.E; e += blockDim.x)
-        cached[e] = plan.row_start[e], cached[args.E + 1 + e] = plan.tile_start[e];
-      __syncthreads();
-      plan = gemm::Plan{cached, cached + args.E + 1, args.E};
-    }
     const auto job = [&](int64_t tile) {
       const RowTile t = gemm::row_tile(plan, tile, g90::kBM, g90::kBN, args.tiles_n);
       const int cols = static_cast<int>(min(args.N - t.col0, static_cast<int64_t>(g90::kBN)));
@@ -234,34 +260,17 @@ cudaError_t current_device(Device* d) {
   return err;
 }
 
-template <class Shape, Op kOp, Precision kP, int kVec>
-cudaError_t launch_gemm(const GemmArgs& args, int64_t max_tiles, int sms, cudaStream_t stream) {
-  const auto kernel = grouped_gemm_kernel<Shape, kOp, kP, kVec>;
-  constexpr size_t kSmem = std::max(gemm::kSmemBytes<Shape, kAKMajor<kOp>, CopyBFor<Shape, kOp, kVec>>,
-                                    sizeof(float) * gemm::kEpilogueFloats<Shape>);
-  static_assert(kSmem <= 99 * 1024, "sm_86 and sm_89 give a block at most 99 KB");
-  cudaError_t err = cudaSuccess;
-  if (kSmem > 48 * 1024) err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  int per_sm = 0;
-  if (err == cudaSuccess)
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Shape::kThreads, kSmem);
-  if (err != cudaSuccess) return err;
-  if (per_sm == 0) return cudaErrorInvalidConfiguration;  // the device has too little shared memory
-  const int64_t grid = std::min<int64_t>(max_tiles, static_cast<int64_t>(sms) * per_sm);
-  kernel<<<static_cast<unsigned>(grid), Shape::kThreads, kSmem, stream>>>(args);
-  return cudaGetLastError();
-}
-
-// Plans the tiles of plan_bm rows × args.tiles_n column blocks into stream-ordered workspace
-// (plan_bm = 0: dW, no tile_start), runs launch(args with the plan), frees the workspace.
+// Runs launch(args with the plan): directly when args.plan_in_smem (the blocks build it), else after
+// plan_kernel has written it into stream-ordered workspace, freed after the launch.
 template <class Launch>
-cudaError_t with_plan(GemmArgs args, const int32_t* group_sizes, int plan_bm, cudaStream_t stream, Launch launch) {
+cudaError_t with_plan(GemmArgs args, cudaStream_t stream, Launch launch) {
+  if (args.plan_in_smem) return launch(args);
   const int64_t E = args.E;
   int64_t* workspace = nullptr;
-  cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&workspace), 2 * (E + 1) * sizeof(int64_t), stream);
+  cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&workspace), plan_bytes(E), stream);
   if (err != cudaSuccess) return err;
   args.plan = Plan{workspace, workspace + E + 1, E};
-  plan_kernel<<<1, kPlanThreads, 0, stream>>>(group_sizes, E, args.M, plan_bm, args.tiles_n, workspace,
+  plan_kernel<<<1, kPlanThreads, 0, stream>>>(args.group_sizes, E, args.M, args.plan_bm, args.tiles_n, workspace,
                                               workspace + E + 1);
   err = cudaGetLastError();
   if (err == cudaSuccess) err = launch(args);
@@ -269,26 +278,52 @@ cudaError_t with_plan(GemmArgs args, const int32_t* group_sizes, int plan_bm, cu
   return err != cudaSuccess ? err : free_err;
 }
 
+// The plan goes into the blocks' shared memory where that costs no block an SM.
+template <class Shape, Op kOp, Precision kP, int kVec>
+cudaError_t launch_gemm(GemmArgs args, int64_t max_tiles, const Device& device, cudaStream_t stream) {
+  const auto kernel = grouped_gemm_kernel<Shape, kOp, kP, kVec>;
+  constexpr size_t kSmem = kSmem80<Shape, kOp, kVec>;
+  static_assert(kSmem <= 99 * 1024, "sm_86 and sm_89 give a block at most 99 KB");
+  const size_t with_plan_smem = kSmem + plan_bytes(args.E);
+  int per_sm = 0, per_sm_with_plan = 0;
+  cudaFuncAttributes attributes{};
+  cudaError_t err = cudaFuncGetAttributes(&attributes, kernel);
+  if (err == cudaSuccess && attributes.sharedSizeBytes + with_plan_smem <= static_cast<size_t>(device.max_smem)) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, with_plan_smem);
+    if (err == cudaSuccess)
+      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_with_plan, kernel, Shape::kThreads, with_plan_smem);
+  } else if (err == cudaSuccess && kSmem > 48 * 1024) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  }
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Shape::kThreads, kSmem);
+  if (err != cudaSuccess) return err;
+  if (per_sm == 0) return cudaErrorInvalidConfiguration;  // the device has too little shared memory
+  args.plan_in_smem = per_sm_with_plan == per_sm;
+  const size_t smem = args.plan_in_smem ? with_plan_smem : kSmem;
+  const int64_t grid = std::min<int64_t>(max_tiles, static_cast<int64_t>(device.sms) * per_sm);
+  return with_plan(args, stream, [&](const GemmArgs& planned) {
+    kernel<<<static_cast<unsigned>(grid), Shape::kThreads, smem, stream>>>(planned);
+    return cudaGetLastError();
+  });
+}
+
 template <class Shape, Op kOp, Precision kP>
-cudaError_t run(GemmArgs args, const int32_t* group_sizes, bool vec4, int sms, cudaStream_t stream) {
+cudaError_t run(GemmArgs args, bool vec4, const Device& device, cudaStream_t stream) {
   const int64_t E = args.E;
   int64_t max_tiles;  // a bound on the tiles, to size the grid
-  int plan_bm;
   if constexpr (kOp == Op::kGradWeight) {
     args.tiles_n = (args.N + Shape::kBM - 1) / Shape::kBM;
     args.tiles_k = (args.K + Shape::kBN - 1) / Shape::kBN;
     max_tiles = E * args.tiles_n * args.tiles_k;
-    plan_bm = 0;
+    args.plan_bm = 0;
   } else {
     args.tiles_n = (args.N + Shape::kBN - 1) / Shape::kBN;
     args.tiles_k = 0;
     max_tiles = ((args.M + Shape::kBM - 1) / Shape::kBM + E) * args.tiles_n;  // Σ_e ⌈rows_e / bm⌉ ≤ ⌈M / bm⌉ + E
-    plan_bm = Shape::kBM;
+    args.plan_bm = Shape::kBM;
   }
-  return with_plan(args, group_sizes, plan_bm, stream, [&](const GemmArgs& planned) {
-    return vec4 ? launch_gemm<Shape, kOp, kP, 4>(planned, max_tiles, sms, stream)
-                : launch_gemm<Shape, kOp, kP, 1>(planned, max_tiles, sms, stream);
-  });
+  return vec4 ? launch_gemm<Shape, kOp, kP, 4>(args, max_tiles, device, stream)
+              : launch_gemm<Shape, kOp, kP, 1>(args, max_tiles, device, stream);
 }
 
 // A TMA descriptor of elements `type` at base (16-byte aligned): extents dims (dims[0] contiguous),
@@ -354,32 +389,29 @@ bool encode_tma_nf4(CUtensorMap* codes, CUtensorMap* absmax, const uint8_t* pack
 
 template <Precision kP, Op kOp>
 cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_a, const CUtensorMap& map_b, const CUtensorMap& map_s,
-                     const int32_t* group_sizes, const Device& device, cudaStream_t stream) {
+                     const Device& device, cudaStream_t stream) {
   namespace g90 = gemm::sm90;
   int64_t max_tiles;  // a bound on the tiles, to size the grid
-  int plan_bm;
   if constexpr (kOp == Op::kGradWeight) {
     args.tiles_n = (args.N + g90::kBM - 1) / g90::kBM;
     args.tiles_k = (args.K + g90::kBN - 1) / g90::kBN;
     max_tiles = args.E * args.tiles_n * args.tiles_k;
-    plan_bm = 0;
+    args.plan_bm = 0;
   } else {
     args.tiles_n = (args.N + g90::kBN - 1) / g90::kBN;
     args.tiles_k = 0;
     max_tiles = ((args.M + g90::kBM - 1) / g90::kBM + args.E) * args.tiles_n;
-    plan_bm = g90::kBM;
+    args.plan_bm = g90::kBM;
   }
-  // Row tiles: the plan (2 · (E + 1) int64) follows the pipeline in shared memory where the device has room.
+  // The plan follows the pipeline in shared memory where the device has room (one block an SM).
   const auto kernel = grouped_gemm_sm90_kernel<kP, kOp>;
   cudaFuncAttributes attributes{};
   const cudaError_t err = cudaFuncGetAttributes(&attributes, kernel);
   if (err != cudaSuccess) return err;
   constexpr size_t kSmem = g90::Layout<kP, Sm90B<kOp>>::kSmemBytes;
-  const size_t plan_bytes = 2 * (args.E + 1) * sizeof(int64_t);
-  args.plan_in_smem = kOp != Op::kGradWeight &&
-                      attributes.sharedSizeBytes + kSmem + plan_bytes <= static_cast<size_t>(device.max_smem);
-  const size_t smem = kSmem + (args.plan_in_smem ? plan_bytes : 0);
-  return with_plan(args, group_sizes, plan_bm, stream, [&](const GemmArgs& planned) {
+  args.plan_in_smem = attributes.sharedSizeBytes + kSmem + plan_bytes(args.E) <= static_cast<size_t>(device.max_smem);
+  const size_t smem = kSmem + (args.plan_in_smem ? plan_bytes(args.E) : 0);
+  return with_plan(args, stream, [&](const GemmArgs& planned) {
     const cudaError_t set = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (set != cudaSuccess) return set;
     kernel<<<static_cast<unsigned>(std::min<int64_t>(max_tiles, device.sms)), g90::kThreads, smem, stream>>>(
@@ -390,29 +422,29 @@ cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_a, const CUtensorMap&
 
 template <Op kOp>
 cudaError_t run_sm90(const GemmArgs& args, const CUtensorMap& map_a, const CUtensorMap& map_b,
-                     const int32_t* group_sizes, Precision precision, const Device& device, cudaStream_t stream,
+                     Precision precision, const Device& device, cudaStream_t stream,
                      const CUtensorMap* map_s = nullptr) {
   const CUtensorMap& s = map_s ? *map_s : map_b;  // unused unless NF4
   return precision == Precision::kTf32
-             ? run_sm90<Precision::kTf32, kOp>(args, map_a, map_b, s, group_sizes, device, stream)
-             : run_sm90<Precision::kBf16, kOp>(args, map_a, map_b, s, group_sizes, device, stream);
+             ? run_sm90<Precision::kTf32, kOp>(args, map_a, map_b, s, device, stream)
+             : run_sm90<Precision::kBf16, kOp>(args, map_a, map_b, s, device, stream);
 }
 
 template <Op kOp, Precision kP>
-cudaError_t run(const GemmArgs& args, const int32_t* group_sizes, bool vec4, int sms, cudaStream_t stream) {
-  if (args.N <= kThinN) return run<ShapeFor<kOp, kP, Thin::kN>, kOp, kP>(args, group_sizes, vec4, sms, stream);
+cudaError_t run(const GemmArgs& args, bool vec4, const Device& device, cudaStream_t stream) {
+  if (args.N <= kThinN) return run<ShapeFor<kOp, kP, Thin::kN>, kOp, kP>(args, vec4, device, stream);
   if constexpr (kOp == Op::kGradWeight)
-    if (args.K <= kThinN) return run<ShapeFor<kOp, kP, Thin::kK>, kOp, kP>(args, group_sizes, vec4, sms, stream);
-  return run<ShapeFor<kOp, kP, Thin::kNo>, kOp, kP>(args, group_sizes, vec4, sms, stream);
+    if (args.K <= kThinN) return run<ShapeFor<kOp, kP, Thin::kK>, kOp, kP>(args, vec4, device, stream);
+  return run<ShapeFor<kOp, kP, Thin::kNo>, kOp, kP>(args, vec4, device, stream);
 }
 
 template <Op kOp>
-cudaError_t run(const GemmArgs& args, const int32_t* group_sizes, Precision precision, bool vec4, int sms,
+cudaError_t run(const GemmArgs& args, Precision precision, bool vec4, const Device& device,
                 cudaStream_t stream) {
   switch (precision) {
-    case Precision::kTf32: return run<kOp, Precision::kTf32>(args, group_sizes, vec4, sms, stream);
-    case Precision::kBf16: return run<kOp, Precision::kBf16>(args, group_sizes, vec4, sms, stream);
-    case Precision::kHighest: return run<kOp, Precision::kHighest>(args, group_sizes, vec4, sms, stream);
+    case Precision::kTf32: return run<kOp, Precision::kTf32>(args, vec4, device, stream);
+    case Precision::kBf16: return run<kOp, Precision::kBf16>(args, vec4, device, stream);
+    case Precision::kHighest: return run<kOp, Precision::kHighest>(args, vec4, device, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -432,6 +464,7 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
 
   GemmArgs args{};
   args.x = x, args.w = w, args.out = y, args.M = M, args.K = K, args.N = N, args.E = E;
+  args.group_sizes = group_sizes;
   args.out_vec4 = N % 4 == 0 && aligned(y, 16);
   // 16-byte copies: rows of x, w and the extents along them are multiples of 4 floats.
   const bool vec4 = K % 4 == 0 && (!transpose_weight || N % 4 == 0) && aligned(x, 16) && aligned(w, 16);
@@ -452,12 +485,12 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
       args.out_vec4 && std::max({M, K, N, E, transpose_weight ? 0 : E * N}) < kCoord &&
       encode_tma_rows(&map_x, x, M, K, gemm::sm90::kBM, type)) {
     if (transpose_weight && encode_tma_kn(&map_w, w, E, K, N, type))
-      return run_sm90<Op::kForwardTransposed>(args, map_x, map_w, group_sizes, precision, device, stream);
+      return run_sm90<Op::kForwardTransposed>(args, map_x, map_w, precision, device, stream);
     if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, gemm::sm90::kBN, type))
-      return run_sm90<Op::kForward>(args, map_x, map_w, group_sizes, precision, device, stream);
+      return run_sm90<Op::kForward>(args, map_x, map_w, precision, device, stream);
   }
-  return transpose_weight ? run<Op::kForwardTransposed>(args, group_sizes, precision, vec4, device.sms, stream)
-                          : run<Op::kForward>(args, group_sizes, precision, vec4, device.sms, stream);
+  return transpose_weight ? run<Op::kForwardTransposed>(args, precision, vec4, device, stream)
+                          : run<Op::kForward>(args, precision, vec4, device, stream);
 }
 
 cudaError_t grouped_gemm_nf4(const float* x, const uint8_t* packed, const float* absmax, const int32_t* group_sizes,
@@ -477,6 +510,7 @@ cudaError_t grouped_gemm_nf4(const float* x, const uint8_t* packed, const float*
 
   GemmArgs args{};
   args.x = x, args.out = y, args.M = M, args.K = K, args.N = N, args.E = E;
+  args.group_sizes = group_sizes;
   args.out_vec4 = N % 4 == 0 && aligned(y, 16);
   args.nf4 = packed, args.absmax = absmax, args.log2_block = log2_block;
   args.nf4_bytes = (N * K + 1) / 2, args.nf4_blocks = (N * K + blocksize - 1) / blocksize;
@@ -493,9 +527,9 @@ cudaError_t grouped_gemm_nf4(const float* x, const uint8_t* packed, const float*
       std::max(M, E * N) < (int64_t{1} << 31) &&
       encode_tma_rows(&map_x, x, M, K, gemm::sm90::kBM, CU_TENSOR_MAP_DATA_TYPE_FLOAT32) &&
       encode_tma_nf4(&map_codes, &map_absmax, packed, absmax, E * N, K, blocksize))
-    return run_sm90<Op::kForwardNf4>(args, map_x, map_codes, group_sizes, precision, device, stream, &map_absmax);
-  return transpose_weight ? run<Op::kForwardTransposedNf4>(args, group_sizes, precision, vec4, device.sms, stream)
-                          : run<Op::kForwardNf4>(args, group_sizes, precision, vec4, device.sms, stream);
+    return run_sm90<Op::kForwardNf4>(args, map_x, map_codes, precision, device, stream, &map_absmax);
+  return transpose_weight ? run<Op::kForwardTransposedNf4>(args, precision, vec4, device, stream)
+                          : run<Op::kForwardNf4>(args, precision, vec4, device, stream);
 }
 
 cudaError_t grouped_gemm_grad_weight(const float* x, const float* dy, const int32_t* group_sizes, float* dw,
@@ -512,6 +546,7 @@ cudaError_t grouped_gemm_grad_weight(const float* x, const float* dy, const int3
 
   GemmArgs args{};
   args.x = x, args.w = dy, args.out = dw, args.M = M, args.K = K, args.N = N, args.E = E;
+  args.group_sizes = group_sizes;
   args.out_vec4 = K % 4 == 0 && aligned(dw, 16);
   const bool vec4 = K % 4 == 0 && N % 4 == 0 && aligned(x, 16) && aligned(dy, 16);
   // The sm_90a path where it was measured faster (H100, E = 128): N, K ≥ 256, and a mean of 256
@@ -522,8 +557,8 @@ cudaError_t grouped_gemm_grad_weight(const float* x, const float* dy, const int3
   if (device.capability == 90 && (precision == Precision::kTf32 || precision == Precision::kBf16) && sm90_shape && vec4 &&
       args.out_vec4 && std::max({M, K, N}) < (int64_t{1} << 31) && encode_tma_kn(&map_dy, dy, 1, M, N, type) &&
       encode_tma_kn(&map_x, x, 1, M, K, type))
-    return run_sm90<Op::kGradWeight>(args, map_dy, map_x, group_sizes, precision, device, stream);
-  return run<Op::kGradWeight>(args, group_sizes, precision, vec4, device.sms, stream);
+    return run_sm90<Op::kGradWeight>(args, map_dy, map_x, precision, device, stream);
+  return run<Op::kGradWeight>(args, precision, vec4, device, stream);
 }
 
 }  // namespace moe::cuda

@@ -1,9 +1,9 @@
 // Tile schedules of the grouped GEMMs, kept apart from the tile math (gemm_sm80.cuh) so that
 // another mainloop (wgmma on sm_90a) can run on the same schedule.
 //
-// A small plan kernel turns group_sizes (on the device) into per-expert row ranges and tile
-// prefix sums; a persistent GEMM kernel then walks tile ids blockIdx.x, blockIdx.x + gridDim.x, …
-// and maps each id to its expert and block coordinates here. Tiles never straddle experts.
+// A plan turns group_sizes (on the device) into per-expert row ranges and tile prefix sums; a
+// persistent GEMM kernel then walks tile ids blockIdx.x, blockIdx.x + gridDim.x, … and maps each id
+// to its expert and block coordinates here. Tiles never straddle experts.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -12,7 +12,8 @@
 
 namespace moe::cuda::gemm {
 
-// Written by the plan kernel (grouped_gemm.cu), E + 1 entries each (stream-ordered workspace):
+// Built by build_plan (grouped_gemm.cu) in each block's shared memory, or by the plan kernel in
+// stream-ordered workspace; E + 1 entries each:
 //   row_start[e]  = min(Σ_{j<e} max(group_sizes[j], 0), M): expert e owns rows [row_start[e], row_start[e+1]),
 //                   so negative sizes count as 0 and no expert reaches past row M;
 //   tile_start[e] = Σ_{j<e} ceil(rows_j / bm) · tiles_n: the first tile of expert e; tile_start[E] = all tiles.
