@@ -278,28 +278,27 @@ cudaError_t with_plan(GemmArgs args, cudaStream_t stream, Launch launch) {
   return err != cudaSuccess ? err : free_err;
 }
 
-// The plan goes into the blocks' shared memory where that costs no block an SM.
 template <class Shape, Op kOp, Precision kP, int kVec>
 cudaError_t launch_gemm(GemmArgs args, int64_t max_tiles, const Device& device, cudaStream_t stream) {
   const auto kernel = grouped_gemm_kernel<Shape, kOp, kP, kVec>;
   constexpr size_t kSmem = kSmem80<Shape, kOp, kVec>;
   static_assert(kSmem <= 99 * 1024, "sm_86 and sm_89 give a block at most 99 KB");
-  const size_t with_plan_smem = kSmem + plan_bytes(args.E);
-  int per_sm = 0, per_sm_with_plan = 0;
+  // The plan goes into the blocks' shared memory where that costs no block an SM.
   cudaFuncAttributes attributes{};
   cudaError_t err = cudaFuncGetAttributes(&attributes, kernel);
-  if (err == cudaSuccess && attributes.sharedSizeBytes + with_plan_smem <= static_cast<size_t>(device.max_smem)) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, with_plan_smem);
-    if (err == cudaSuccess)
-      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_with_plan, kernel, Shape::kThreads, with_plan_smem);
-  } else if (err == cudaSuccess && kSmem > 48 * 1024) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  }
+  const size_t smem_with_plan = kSmem + plan_bytes(args.E);
+  const bool plan_fits = attributes.sharedSizeBytes + smem_with_plan <= static_cast<size_t>(device.max_smem);
+  const size_t most = plan_fits ? smem_with_plan : kSmem;
+  if (err == cudaSuccess && most > 48 * 1024)
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
+  int per_sm = 0, per_sm_with_plan = 0;
   if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Shape::kThreads, kSmem);
+  if (err == cudaSuccess && plan_fits)
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_with_plan, kernel, Shape::kThreads, smem_with_plan);
   if (err != cudaSuccess) return err;
   if (per_sm == 0) return cudaErrorInvalidConfiguration;  // the device has too little shared memory
   args.plan_in_smem = per_sm_with_plan == per_sm;
-  const size_t smem = args.plan_in_smem ? with_plan_smem : kSmem;
+  const size_t smem = args.plan_in_smem ? smem_with_plan : kSmem;
   const int64_t grid = std::min<int64_t>(max_tiles, static_cast<int64_t>(device.sms) * per_sm);
   return with_plan(args, stream, [&](const GemmArgs& planned) {
     kernel<<<static_cast<unsigned>(grid), Shape::kThreads, smem, stream>>>(planned);
