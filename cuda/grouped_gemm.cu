@@ -68,11 +68,12 @@ __device__ void build_plan(const int32_t* group_sizes, int64_t E, int64_t M, int
   for (int64_t base = 0; base < E; base += blockDim.x) {
     const int64_t e = base + threadIdx.x;
     const int64_t size = e < E ? max(group_sizes[e], 0) : 0;
-    int64_t chunk_rows, chunk_tiles;
+    int64_t chunk_rows, chunk_tiles = 0;
     const int64_t end = rows_before + gemm::block_inclusive_scan(size, scratch, &chunk_rows);
     const int64_t rows = min(end, M) - min(end - size, M);
-    const int64_t tiles = bm > 0 ? (rows + bm - 1) / bm * tiles_n : 0;
-    const int64_t tiles_end = tiles_before + gemm::block_inclusive_scan(tiles, scratch, &chunk_tiles);
+    // dW (bm = 0) has no row tiles: its blocks skip the second scan (bm is the same for the whole block)
+    const int64_t tiles_end =
+        bm > 0 ? tiles_before + gemm::block_inclusive_scan((rows + bm - 1) / bm * tiles_n, scratch, &chunk_tiles) : 0;
     if (e < E) {
       row_start[e + 1] = min(end, M);
       tile_start[e + 1] = tiles_end;
@@ -196,8 +197,8 @@ __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
   namespace g90 = gemm::sm90;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + (1024 - gemm::smem_addr(smem_raw) % 1024) % 1024;  // the swizzles need 1024
-  // Every thread maps each of its tiles to an expert (a search over the plan, 2–3 rounds of
-  // dependent loads); from shared memory rather than global, where it fits.
+  // The plan follows the pipeline where it fits: every thread maps each of its tiles to an expert
+  // through it (a search of 2–3 rounds of dependent loads), from shared memory rather than global.
   const gemm::Plan plan = block_plan(args, smem + g90::Layout<kP, Sm90B<kOp>>::kPlanOffset);
   if constexpr (kOp == Op::kGradWeight) {
     // dw[e, n0 + i, k0 + j] = Σ_{r < rows_e} dy[row0 + r, n0 + i] · x[row0 + r, k0 + j]
