@@ -1,11 +1,14 @@
 """Baselines for bench/gpu.ts, measured with PyTorch on the GPU machine (not a dependency).
 
 For each benchmark shape, a dense torch.matmul of equal FLOPs (2·M·N·K) in float32 with TF32
-on, in float32 with TF32 off, and in bf16; and torch._grouped_mm in bf16 on the same grouped
+on, in float32 with TF32 off, and in bf16; torch._grouped_mm in bf16 on the same grouped
 problem where this torch has it, once on bf16 tensors and once as a float32 user calls it (x and
-w cast to bf16, the product cast back to float32, all inside the timing). Medians of CUDA-event
-timings after warm-up, inputs rotated over three sets. Writes JSON {key: TFLOP/s} to the path
-given, and prints a table.
+w cast to bf16, the product cast back to float32, all inside the timing); and torch.bmm over the
+E experts in TF32 and bf16 for each of forward, dX and dW, with the same operand layouts (the
+problem itself, which uniform routing, M/E rows an expert, lets a batched cuBLAS GEMM do).
+Medians of CUDA-event timings after warm-up, inputs rotated over three sets, each timed call
+queued behind a GPU sleep so that the host's launch latency falls outside its events. Writes
+JSON {key: TFLOP/s} to the path given, and prints a table.
 
     python3 bench/gpu_torch.py out.json
 """
@@ -19,6 +22,7 @@ E = 128
 SHAPES = [(2048, 768), (768, 2048), (2048, 16), (16, 768)]
 ROWS = [16384, 65536]
 REPS, SETS = 25, 3
+BUSY_CYCLES = 400_000  # torch.cuda._sleep before each timed call: ≥ 200 µs at ≤ 2 GHz
 
 
 def median_ms(fn, sets):
@@ -28,6 +32,7 @@ def median_ms(fn, sets):
     times = []
     for r in range(REPS):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(BUSY_CYCLES)
         start.record()
         fn(*sets[r % len(sets)])
         end.record()
@@ -67,17 +72,35 @@ def grouped_mm(M, K, N, cast):
         return None
 
 
+def bmm(M, K, N, op, dtype):
+    """The grouped problem as E batched GEMMs of M/E rows (uniform routing), operands laid out as ours:
+    forward x[e] · w[e]ᵀ, dX dy[e] · w[e], dW dy[e]ᵀ · x[e]; x [E, m, K], dy [E, m, N], w [E, N, K]."""
+    torch.backends.cuda.matmul.allow_tf32 = dtype == torch.float32
+    m = M // E
+    new = lambda *shape: torch.randn(*shape, device="cuda", dtype=dtype)
+    sets = {"forward": lambda: (new(E, m, K), new(E, N, K).transpose(1, 2)),
+            "dX": lambda: (new(E, m, N), new(E, N, K)),
+            "dW": lambda: (new(E, m, N).transpose(1, 2), new(E, m, K))}[op]
+    return tflops(2 * M * N * K, median_ms(torch.bmm, [sets() for _ in range(SETS)]))
+
+
 def main():
     out = {}
     print(f"# torch {torch.__version__} on {torch.cuda.get_device_name()}")
-    print("| M | K | N | dense tf32 | dense fp32 | dense bf16 | _grouped_mm bf16 | cast + _grouped_mm bf16 |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    header = None
     for K, N in SHAPES:
         for M in ROWS:
             row = {"tf32": dense(M, K, N, torch.float32, True), "fp32": dense(M, K, N, torch.float32, False),
                    "bf16": dense(M, K, N, torch.bfloat16, False), "grouped_bf16": grouped_mm(M, K, N, False),
                    "grouped_bf16_cast": grouped_mm(M, K, N, True)}
+            for op in ("forward", "dX", "dW"):
+                for name, dtype in (("tf32", torch.float32), ("bf16", torch.bfloat16)):
+                    row[f"bmm_{name}_{op}"] = bmm(M, K, N, op, dtype)
             out[f"{M}x{K}x{N}"] = row
+            if header is None:
+                header = ["M", "K", "N", *row]
+                print(f"| {' | '.join(header)} |")
+                print(f"|{' --- |' * len(header)}")
             cells = " | ".join("—" if v is None else f"{v:.1f}" for v in row.values())
             print(f"| {M} | {K} | {N} | {cells} |")
             torch.cuda.empty_cache()

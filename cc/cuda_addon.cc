@@ -271,6 +271,13 @@ void SiluMul(const Napi::CallbackInfo& info) {
   check(info.Env(), moe::cuda::silu_mul(gate, up, n, h, stream(info.Env())), "siluMul");
 }
 
+// busyWait(microseconds)
+void BusyWait(const Napi::CallbackInfo& info) {
+  const int64_t us = dim(info, 0, "microseconds");
+  if (us > 10'000'000) throw Napi::RangeError::New(info.Env(), "microseconds must be at most 10000000 (10 s)");
+  check(info.Env(), moe::cuda::busy_wait(us, stream(info.Env())), "busyWait");
+}
+
 // A CUDA event on the stream, for timing: a = newEvent(); ...; b = newEvent(); b.elapsedMs(a).
 class Event : public Napi::ObjectWrap<Event> {
  public:
@@ -332,6 +339,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("upload", Napi::Function::New(env, Upload));
   exports.Set("download", Napi::Function::New(env, Download));
   exports.Set("synchronize", Napi::Function::New(env, Synchronize));
+  exports.Set("busyWait", Napi::Function::New(env, BusyWait));
   exports.Set("newEvent", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
                 return classes(info.Env()).event.New({});
               }));

@@ -75,6 +75,10 @@ cudaError_t gather_rows(const float* x, int64_t rows, int64_t H, const int32_t* 
 cudaError_t combine_rows(const float* y, int64_t H, const int32_t* inverse_sort_index, const float* weights,
                          int64_t T, int k, float* out, cudaStream_t stream);
 
+// Keeps `stream` busy for `microseconds` (at most 10 s) without touching memory, so that work
+// queued after it starts without the host's launch latency (benchmarks time the GPU alone).
+cudaError_t busy_wait(int64_t microseconds, cudaStream_t stream);
+
 // h[i] = silu(gate[i]) · up[i] = gate[i] / (1 + exp(-gate[i])) · up[i], for i < n.
 cudaError_t silu_mul(const float* gate, const float* up, int64_t n, float* h, cudaStream_t stream);
 

@@ -33,6 +33,11 @@ export interface CudaAddon {
   upload(dst: DeviceBuffer, src: Host, dstOffsetBytes?: number): void;
   download(src: DeviceBuffer, dst: Host, srcOffsetBytes?: number): void;
   synchronize(): void;
+  /**
+   * Keeps the stream busy for `microseconds` (≤ 10 s) without touching memory: work queued after
+   * it then starts without the host's launch latency, so events around it time the GPU alone.
+   */
+  busyWait(microseconds: number): void;
   /** An event recorded on the stream now. */
   newEvent(): CudaEvent;
   /** y = x · w[g]ᵀ (w [E, N, K]), or x · w[g] (w [E, K, N]) when transposeWeight. */
