@@ -14,8 +14,8 @@ export function device(data: Float32Array | Int32Array | Uint8Array): DeviceBuff
 
 /**
  * Median milliseconds of REPS event-timed runs after a warm-up, rotating over SETS argument sets.
- * Each run is queued behind a busyWait, so the host's launch latency (9–18 µs of host time a call from Node, H100 machine)
- * falls outside its events, as in nvbench and bench/gpu_torch.py.
+ * Each run is queued behind a busyWait, so the host's launch latency (9–18 µs a call from Node on
+ * the H100 machine) falls outside its events, as in nvbench and bench/gpu_torch.py.
  */
 export function medianMs(run: (set: number) => void): number {
   for (let s = 0; s < SETS; ++s) run(s);
