@@ -15,7 +15,8 @@
 // producers round the float32 stage (bf16: to nearest even; NF4 in tf32: cvt.rna, ties away) into
 // a second ring, transposing MN-major operands on the way. Two consumer warpgroups, 64 × 256
 // outputs each (128 × 128 with B in registers), only wait for stages, run wgmma and store their
-// tile. The sides meet at mbarriers.
+// tile. The sides meet at mbarriers. The tf32 forward's whole tiles leave by TMA stores from a
+// staging area of their own (store_tile_tma), the others from registers or through a math slot.
 // Copies run ahead of the consumers (kAhead = 3 stages ahead of the rounding, or as far as the
 // ring allows when there is none), across the tiles of a persistent block, so loads continue
 // through the epilogues.
@@ -61,26 +62,31 @@ struct FloatB {
   static constexpr int kRawBytes = kBN * 128;
 };
 
-// Shared memory in precision kP with B from B: kSlots raw stages (float32, 128-byte rows: row i of
+// Shared memory in precision kP with B from B (kTmaOut: the output leaves by TMA stores, see
+// store_tile_tma): kSlots raw stages (float32, 128-byte rows: row i of
 // the stage holds r = 0..31 of A row i, or of B row i − kBM; with NF4 weights, B's part is
 // B::kRawBytes of codes instead, see nf4_operand.cuh), for bf16 or NF4 kSlots math stages (rows
 // of 64 bytes for bf16, 128 for tf32; tf32 with float B lands rounded by the TMA unit, so its raw
-// stages are its math stages), then the mbarriers of the slots: raw_full (copies landed), full
+// stages are its math stages), kTmaOut's staging area, then the mbarriers of the slots: raw_full (copies landed), full
 // (rounded), empty (consumers done), raw_empty (rounding done, when not in place). Stage s of a
 // block's stream uses slot s % kSlots of each ring.
-template <Precision kP, class B = FloatB>
+template <Precision kP, class B = FloatB, bool kTmaOut = false>
 struct Layout {
   static_assert(kP == Precision::kTf32 || kP == Precision::kBf16, "wgmma path: tf32 and bf16");
   static constexpr bool kInPlace = kP == Precision::kTf32 && !B::kNf4;
-  // see run_tiles for why these suffice; NF4's small raw stages leave room for a 4th in bf16
-  static constexpr int kSlots = kInPlace || (B::kNf4 && kP == Precision::kBf16) ? 4 : 3;
+  static_assert(!kTmaOut || kInPlace, "TMA stores: the tf32 float path");
+  // see run_tiles for why these suffice; NF4's small raw stages leave room for a 4th in bf16;
+  // the staging area of kTmaOut takes the room of the 4th in place
+  static constexpr int kSlots = (kInPlace && !kTmaOut) || (B::kNf4 && kP == Precision::kBf16) ? 4 : 3;
+  static constexpr int kStagingBytes = kTmaOut ? kConsumers / 128 * 32768 : 0;  // 32 KB a warpgroup
   static constexpr int kRawPitch = 128, kRawBytes = kBM * kRawPitch + B::kRawBytes;
   static_assert(kRawBytes % 1024 == 0, "stages stay 1024-byte aligned for the swizzles");
   static constexpr int kElemBytes = kP == Precision::kTf32 ? 4 : 2;
   static constexpr int kPitch = kBK * kElemBytes;  // math rows: 128 (tf32) or 64 (bf16) bytes
   static constexpr int kBytes = kRows * kPitch;
   static constexpr int kMathOffset = kInPlace ? 0 : kSlots * kRawBytes;
-  static constexpr int kBarrierOffset = kMathOffset + kSlots * kBytes;
+  static constexpr int kStagingOffset = kMathOffset + kSlots * kBytes;
+  static constexpr int kBarrierOffset = kStagingOffset + kStagingBytes;
   static constexpr int kPlanOffset = kBarrierOffset + 4 * kSlots * sizeof(uint64_t);  // a copy of the plan may follow
   static constexpr size_t kSmemBytes = kPlanOffset + 1024;  // + alignment slack
   static constexpr uint64_t kLayoutType = kPitch == 128 ? 1 : 2;     // descriptor: 128 B / 64 B swizzle
@@ -89,6 +95,7 @@ struct Layout {
   __device__ static uint8_t* raw(uint8_t* smem, int slot) { return smem + slot * kRawBytes; }
   __device__ static uint8_t* math(uint8_t* smem, int slot) { return smem + kMathOffset + slot * kBytes; }
   __device__ static uint64_t* barriers(uint8_t* smem) { return reinterpret_cast<uint64_t*>(smem + kBarrierOffset); }
+  __device__ static uint8_t* staging(uint8_t* smem) { return smem + kStagingOffset; }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -151,6 +158,22 @@ __device__ __forceinline__ void tma_load(uint8_t* dst, const CUtensorMap* map, i
           smem_addr(dst)),
       "l"(map), "r"(c0), "r"(c1), "r"(smem_addr(bar))
       : "memory");
+}
+
+// Shared src → the box of `map` at (c0, c1), in a bulk async group of this thread.
+__device__ __forceinline__ void tma_store(const CUtensorMap* map, const uint8_t* src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(map),
+               "r"(smem_addr(src)), "r"(c0), "r"(c1)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until this thread's bulk groups have read their shared sources (kRead) or are complete.
+template <bool kRead>
+__device__ __forceinline__ void bulk_wait() {
+  if constexpr (kRead)
+    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+  else
+    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
 
 // The box of a 3-d `map` at (c0, c1, c2) → shared dst, completing on bar.
@@ -255,6 +278,7 @@ struct TileJob {
   float* c;
   int64_t ldc;
   int rows, cols;
+  int c_col = 0;  // the forward's first column of y (its first row is a_row), for TMA stores
 };
 
 // Producer p's 16-byte pieces of the first kCount · kRowStep rows of a landed raw stage, row
@@ -409,8 +433,44 @@ __device__ __forceinline__ void store_tile(const float (&acc)[kAcc], const TileJ
   }
 }
 
-// The consumers' barrier (barrier 2; 1 is the producers').
+// The consumers' barrier (barrier 2; 1 is the producers'), and consumer warpgroup g's own (3 + g).
 __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 2, %0;\n" ::"n"(kConsumers) : "memory"); }
+__device__ __forceinline__ void warpgroup_sync() { asm volatile("bar.sync %0, 128;\n" ::"r"(3 + threadIdx.x / 128) : "memory"); }
+
+// A tile of kBM rows of y (at row a_row, column c_col of map_c: boxes of 32 columns × 64 rows)
+// by TMA stores: warpgroup g's 64 rows leave in two rounds of 128 columns through its 32 KB of
+// staging, 4 boxes 128-byte swizzled as the map reads them (16-byte chunk c of row i at c ^ (i %
+// 8): a warp's float2 writes of 8 rows meet distinct bank groups). Thread 0 of the warpgroup issues
+// the stores and, before a round rewrites the staging, waits until the stores before have read
+// it. The consumers then go on to the next tile while the stores drain (against direct stores
+// and a 4th slot: cuda/NOTES.md, tenth section).
+__device__ __forceinline__ void store_tile_tma(const float (&acc)[kAcc], const TileJob& job, uint8_t* staging,
+                                               const CUtensorMap* map_c) {
+  const int t = threadIdx.x % 128, lane = t % 32;
+  uint8_t* const buf = staging + threadIdx.x / 128 * 32768;
+#pragma unroll
+  for (int round = 0; round < kBN / 128; ++round) {
+    if (t == 0) bulk_wait<true>();
+    warpgroup_sync();
+#pragma unroll
+    for (int q = 0; q < 16; ++q)  // columns 128·round + 8q + 2·(l%4) + {0, 1}, as wgmma's layout
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int i = t / 32 * 16 + lane / 4 + 8 * h, j = (8 * q + lane % 4 * 2) % 32;
+        const int a = 4 * (16 * round + q) + 2 * h;
+        *reinterpret_cast<float2*>(buf + q / 4 * 8192 + i * 128 + ((j / 4) ^ (i % 8)) * 16 + j % 4 * 4) =
+            make_float2(acc[a], acc[a + 1]);
+      }
+    fence_proxy_async();
+    warpgroup_sync();
+    if (t == 0) {
+      for (int box = 0; box < 4; ++box)
+        if (128 * round + 32 * box < job.cols)
+          tma_store(map_c, buf + box * 8192, job.c_col + 128 * round + 32 * box, job.a_row + threadIdx.x / 128 * 64);
+      bulk_commit();
+    }
+  }
+}
 
 // store_tile through shared memory (c 16-byte aligned, ldc and cols multiples of 4, as every
 // sm_90a launch has: grouped_gemm.cu takes this path only with out_vec4): each warp writes its
@@ -509,11 +569,12 @@ __device__ __forceinline__ void store_tile_transposed(const float (&acc)[kAcc], 
 
 // ---------------------------------------------------------------------------------------------
 // A persistent block's stream: tiles blockIdx.x, blockIdx.x + gridDim.x, … < num_tiles, job(tile)
-// giving each one's operands, depth and output (TileJob; A, B MN-major when kAMN, kBMN). The
+// giving each one's operands, depth and output (TileJob; A, B MN-major when kAMN, kBMN; kTmaOut:
+// tiles of kBM rows leave by TMA stores into map_c, store_tile_tma). The
 // stream's stages are the tiles' num_k = ⌈depth / 32⌉ stages in order (tiles of depth 0 have none
 // and store zeros); stage s is in slot s % kSlots, on pass s / kSlots over the ring. B comes from
 // B (FloatB: float32 boxes of map_b, rounded; Nf4Stages: NF4 codes of map_b and absmax of map_s, decoded).
-// smem: Layout<kP, B>::kSmemBytes − 1024 bytes, 1024-byte aligned.
+// smem: Layout<kP, B, kTmaOut>::kSmemBytes − 1024 bytes, 1024-byte aligned.
 //
 // Producers, stage s: wait on raw_full; (not in place) wait on empty for stage s − kSlots, whose
 // math slot it takes; round, transpose or decode, fence.proxy.async, arrive on full (and on
@@ -534,17 +595,18 @@ __device__ __forceinline__ void store_tile_transposed(const float (&acc)[kAcc], 
 // first step tells, if stage s had landed; if not, before waiting for it (dW 1.05×, dX
 // unchanged). Every wait is for the phase of the slot's current pass; a pass-0 wait on a barrier
 // that guards a free slot asks for parity 1 and returns at once.
-template <Precision kP, bool kAMN, bool kBMN, class Job, class B = FloatB>
+template <Precision kP, bool kAMN, bool kBMN, bool kTmaOut = false, class Job, class B = FloatB>
 __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, const Job& job, const CUtensorMap* map_a,
                                           const CUtensorMap* map_b, const B& b_source = B{},
-                                          const CUtensorMap* map_s = nullptr) {
-  using L = Layout<kP, B>;
+                                          const CUtensorMap* map_s = nullptr, const CUtensorMap* map_c = nullptr) {
+  using L = Layout<kP, B, kTmaOut>;
   // tf32 with B MN-major: the consumers read B into registers (load_fragment), untransposed, so
   // only bf16 and NF4 (not in place) transpose B.
   constexpr bool kBRegs = L::kInPlace && kBMN;
   // tf32 with A K-major: the stages are ready as they land, nothing for the producers to do but
   // copy; the consumers wait on raw_full.
   constexpr bool kCopyOnly = L::kInPlace && !kAMN;
+  static_assert(!kTmaOut || (kCopyOnly && !kBRegs), "TMA stores: the tf32 forward");
   const auto num_k = [](const TileJob& t) { return (t.depth + kBK - 1) / kBK; };
   const int stride = gridDim.x;
   uint64_t* const raw_full = L::barriers(smem);
@@ -707,10 +769,13 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
       consumer_sync();
       store_tile_staged(acc, out, L::math(smem, prev));
       mbar_arrive(&empty[prev]);
-    } else {  // every stage released already
+    } else if (kTmaOut && out.rows == kBM) {  // every stage released already
+      store_tile_tma(acc, out, L::staging(smem), map_c);
+    } else {
       store_tile<false>(acc, out);
     }
   }
+  if (kTmaOut && threadIdx.x % 128 == 0) bulk_wait<false>();  // the staging lives until the stores read it
 }
 
 }  // namespace moe::cuda::gemm::sm90

@@ -183,23 +183,28 @@ __global__ void __launch_bounds__(Shape::kThreads) grouped_gemm_kernel(const Gem
 // sm_90a (tf32, bf16): the same schedules over 128 × 256 tiles, wgmma tile math, operands by TMA.
 // Forward: map_a over x [M, K], map_b over w as [E·N, K]. dX: map_b over w as [E, K, N]. dW
 // (tiles of dw[e] [N, K], r over the expert's rows): map_a over dy as [1, M, N], map_b over x as
-// [1, M, K]. NF4 forward: map_a as forward, map_b over the codes as [E·N, K/2] bytes and map_s
-// over absmax as [E·N, K/blocksize] (Nf4Stages); map_s is unused by the other ops. Needs K, N % 4
+// [1, M, K]. NF4 forward: map_a as forward, map_b over the codes as [E·N, K/2] bytes and map_c
+// over absmax as [E·N, K/blocksize] (Nf4Stages). The tf32 forward: map_c over y as [M, N], boxes
+// of 32 × 64, for TMA stores of its whole tiles; map_c is unused by the other ops. Needs K, N % 4
 // == 0, 16-byte aligned x, w (dy), y (dw), coordinates below 2³¹.
 template <Op kOp>
 using Sm90B = std::conditional_t<kNf4<kOp>, gemm::Nf4Stages, gemm::sm90::FloatB>;
+template <Precision kP, Op kOp>
+constexpr bool kTmaOut = kOp == Op::kForward && kP == Precision::kTf32;
+template <Precision kP, Op kOp>
+using Sm90Layout = gemm::sm90::Layout<kP, Sm90B<kOp>, kTmaOut<kP, kOp>>;
 
 template <Precision kP, Op kOp>
 __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
     grouped_gemm_sm90_kernel(const GemmArgs args, const __grid_constant__ CUtensorMap map_a,
-                             const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_s) {
+                             const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_c) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   namespace g90 = gemm::sm90;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + (1024 - gemm::smem_addr(smem_raw) % 1024) % 1024;  // the swizzles need 1024
   // The plan follows the pipeline where it fits: every thread maps each of its tiles to an expert
   // through it (a search of 2–3 rounds of dependent loads), from shared memory rather than global.
-  const gemm::Plan plan = block_plan(args, smem + g90::Layout<kP, Sm90B<kOp>>::kPlanOffset);
+  const gemm::Plan plan = block_plan(args, smem + Sm90Layout<kP, kOp>::kPlanOffset);
   if constexpr (kOp == Op::kGradWeight) {
     // dw[e, n0 + i, k0 + j] = Σ_{r < rows_e} dy[row0 + r, n0 + i] · x[row0 + r, k0 + j]
     const auto job = [&](int64_t tile) {
@@ -220,15 +225,16 @@ __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
       const int cols = static_cast<int>(min(args.N - t.col0, static_cast<int64_t>(g90::kBN)));
       const int b_row = static_cast<int>(kTransposed ? t.col0 : t.expert * args.N + t.col0);
       return g90::TileJob{static_cast<int>(t.row0), b_row, static_cast<int>(t.expert), 0, static_cast<int>(args.K),
-                          args.out + t.row0 * args.N + t.col0, args.N, t.rows, cols};
+                          args.out + t.row0 * args.N + t.col0, args.N, t.rows, cols, static_cast<int>(t.col0)};
     };
     if constexpr (kNf4<kOp>) {
       __shared__ float code[16];
       gemm::stage_nf4_code(code);
       const gemm::Nf4Stages nf4{code, args.log2_block};
-      g90::run_tiles<kP, false, false>(smem, plan.tile_start[args.E], job, &map_a, &map_b, nf4, &map_s);
+      g90::run_tiles<kP, false, false>(smem, plan.tile_start[args.E], job, &map_a, &map_b, nf4, &map_c);
     } else {
-      g90::run_tiles<kP, false, kTransposed>(smem, plan.tile_start[args.E], job, &map_a, &map_b);
+      g90::run_tiles<kP, false, kTransposed, kTmaOut<kP, kOp>>(smem, plan.tile_start[args.E], job, &map_a, &map_b,
+                                                                g90::FloatB{}, nullptr, &map_c);
     }
   }
 #else
@@ -363,6 +369,14 @@ bool encode_tma_rows(CUtensorMap* map, const float* base, int64_t rows, int64_t 
   return encode_tma(map, base, 2, dims, pitches, box, type);
 }
 
+// y [M, N] of the tf32 forward, for TMA stores: boxes of 32 columns × 64 rows (a warpgroup's).
+bool encode_tma_out(CUtensorMap* map, const float* y, int64_t M, int64_t N) {
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(N), static_cast<cuuint64_t>(M)};
+  const cuuint64_t pitches[1] = {static_cast<cuuint64_t>(N) * sizeof(float)};
+  const cuuint32_t box[2] = {32, 64};
+  return encode_tma(map, y, 2, dims, pitches, box);
+}
+
 // [E, K, N] (w of dX; dy, x of dW with E = 1): boxes of 32 columns × 32 k × 1, so that k past K reads zeros.
 bool encode_tma_kn(CUtensorMap* map, const float* w, int64_t E, int64_t K, int64_t N, CUtensorMapDataType type) {
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(N), static_cast<cuuint64_t>(K), static_cast<cuuint64_t>(E)};
@@ -388,7 +402,7 @@ bool encode_tma_nf4(CUtensorMap* codes, CUtensorMap* absmax, const uint8_t* pack
 }
 
 template <Precision kP, Op kOp>
-cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_a, const CUtensorMap& map_b, const CUtensorMap& map_s,
+cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_a, const CUtensorMap& map_b, const CUtensorMap& map_c,
                      const Device& device, cudaStream_t stream) {
   namespace g90 = gemm::sm90;
   int64_t max_tiles;  // a bound on the tiles, to size the grid
@@ -408,14 +422,14 @@ cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_a, const CUtensorMap&
   cudaFuncAttributes attributes{};
   const cudaError_t err = cudaFuncGetAttributes(&attributes, kernel);
   if (err != cudaSuccess) return err;
-  constexpr size_t kSmem = g90::Layout<kP, Sm90B<kOp>>::kSmemBytes;
+  constexpr size_t kSmem = Sm90Layout<kP, kOp>::kSmemBytes;
   args.plan_in_smem = attributes.sharedSizeBytes + kSmem + plan_bytes(args.E) <= static_cast<size_t>(device.max_smem);
   const size_t smem = kSmem + (args.plan_in_smem ? plan_bytes(args.E) : 0);
   return with_plan(args, stream, [&](const GemmArgs& planned) {
     const cudaError_t set = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (set != cudaSuccess) return set;
     kernel<<<static_cast<unsigned>(std::min<int64_t>(max_tiles, device.sms)), g90::kThreads, smem, stream>>>(
-        planned, map_a, map_b, map_s);
+        planned, map_a, map_b, map_c);
     return cudaGetLastError();
   });
 }
@@ -423,11 +437,11 @@ cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_a, const CUtensorMap&
 template <Op kOp>
 cudaError_t run_sm90(const GemmArgs& args, const CUtensorMap& map_a, const CUtensorMap& map_b,
                      Precision precision, const Device& device, cudaStream_t stream,
-                     const CUtensorMap* map_s = nullptr) {
-  const CUtensorMap& s = map_s ? *map_s : map_b;  // unused unless NF4
+                     const CUtensorMap* map_c = nullptr) {
+  const CUtensorMap& c = map_c ? *map_c : map_b;  // unused unless NF4 or the tf32 forward
   return precision == Precision::kTf32
-             ? run_sm90<Precision::kTf32, kOp>(args, map_a, map_b, s, device, stream)
-             : run_sm90<Precision::kBf16, kOp>(args, map_a, map_b, s, device, stream);
+             ? run_sm90<Precision::kTf32, kOp>(args, map_a, map_b, c, device, stream)
+             : run_sm90<Precision::kBf16, kOp>(args, map_a, map_b, c, device, stream);
 }
 
 template <Op kOp, Precision kP>
@@ -486,8 +500,11 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
       encode_tma_rows(&map_x, x, M, K, gemm::sm90::kBM, type)) {
     if (transpose_weight && encode_tma_kn(&map_w, w, E, K, N, type))
       return run_sm90<Op::kForwardTransposed>(args, map_x, map_w, precision, device, stream);
-    if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, gemm::sm90::kBN, type))
-      return run_sm90<Op::kForward>(args, map_x, map_w, precision, device, stream);
+    CUtensorMap map_y;  // the tf32 forward's TMA stores
+    const bool tf32 = precision == Precision::kTf32;
+    if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, gemm::sm90::kBN, type) &&
+        (!tf32 || encode_tma_out(&map_y, y, M, N)))
+      return run_sm90<Op::kForward>(args, map_x, map_w, precision, device, stream, tf32 ? &map_y : nullptr);
   }
   return transpose_weight ? run<Op::kForwardTransposed>(args, precision, vec4, device, stream)
                           : run<Op::kForward>(args, precision, vec4, device, stream);
