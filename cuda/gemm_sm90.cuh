@@ -62,14 +62,13 @@ struct FloatB {
   static constexpr int kRawBytes = kBN * 128;
 };
 
-// Shared memory in precision kP with B from B (kTmaOut: the output leaves by TMA stores, see
-// store_tile_tma): kSlots raw stages (float32, 128-byte rows: row i of
+// Shared memory in precision kP with B from B: kSlots raw stages (float32, 128-byte rows: row i of
 // the stage holds r = 0..31 of A row i, or of B row i − kBM; with NF4 weights, B's part is
 // B::kRawBytes of codes instead, see nf4_operand.cuh), for bf16 or NF4 kSlots math stages (rows
 // of 64 bytes for bf16, 128 for tf32; tf32 with float B lands rounded by the TMA unit, so its raw
-// stages are its math stages), kTmaOut's staging area, then the mbarriers of the slots: raw_full (copies landed), full
-// (rounded), empty (consumers done), raw_empty (rounding done, when not in place). Stage s of a
-// block's stream uses slot s % kSlots of each ring.
+// stages are its math stages), with kTmaOut the staging area of store_tile_tma, then the mbarriers
+// of the slots: raw_full (copies landed), full (rounded), empty (consumers done), raw_empty
+// (rounding done, when not in place). Stage s of a block's stream uses slot s % kSlots of each ring.
 template <Precision kP, class B = FloatB, bool kTmaOut = false>
 struct Layout {
   static_assert(kP == Precision::kTf32 || kP == Precision::kBf16, "wgmma path: tf32 and bf16");
@@ -167,14 +166,8 @@ __device__ __forceinline__ void tma_store(const CUtensorMap* map, const uint8_t*
                : "memory");
 }
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
-// Waits until this thread's bulk groups have read their shared sources (kRead) or are complete.
-template <bool kRead>
-__device__ __forceinline__ void bulk_wait() {
-  if constexpr (kRead)
-    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-  else
-    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-}
+// Waits until this thread's bulk groups have read their shared sources.
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
 
 // The box of a 3-d `map` at (c0, c1, c2) → shared dst, completing on bar.
 __device__ __forceinline__ void tma_load_3d(uint8_t* dst, const CUtensorMap* map, int c0, int c1, int c2,
@@ -435,7 +428,9 @@ __device__ __forceinline__ void store_tile(const float (&acc)[kAcc], const TileJ
 
 // The consumers' barrier (barrier 2; 1 is the producers'), and consumer warpgroup g's own (3 + g).
 __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 2, %0;\n" ::"n"(kConsumers) : "memory"); }
-__device__ __forceinline__ void warpgroup_sync() { asm volatile("bar.sync %0, 128;\n" ::"r"(3 + threadIdx.x / 128) : "memory"); }
+__device__ __forceinline__ void warpgroup_sync() {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(3 + threadIdx.x / 128) : "memory");
+}
 
 // A tile of kBM rows of y (at row a_row, column c_col of map_c: boxes of 32 columns × 64 rows)
 // by TMA stores: warpgroup g's 64 rows leave in two rounds of 128 columns through its 32 KB of
@@ -450,7 +445,7 @@ __device__ __forceinline__ void store_tile_tma(const float (&acc)[kAcc], const T
   uint8_t* const buf = staging + threadIdx.x / 128 * 32768;
 #pragma unroll
   for (int round = 0; round < kBN / 128; ++round) {
-    if (t == 0) bulk_wait<true>();
+    if (t == 0) bulk_wait_read();
     warpgroup_sync();
 #pragma unroll
     for (int q = 0; q < 16; ++q)  // columns 128·round + 8q + 2·(l%4) + {0, 1}, as wgmma's layout
@@ -775,7 +770,7 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
       store_tile<false>(acc, out);
     }
   }
-  if (kTmaOut && threadIdx.x % 128 == 0) bulk_wait<false>();  // the staging lives until the stores read it
+  if (kTmaOut && threadIdx.x % 128 == 0) bulk_wait_read();  // the staging must outlive the stores' reads
 }
 
 }  // namespace moe::cuda::gemm::sm90

@@ -189,7 +189,7 @@ __global__ void __launch_bounds__(Shape::kThreads) grouped_gemm_kernel(const Gem
 // == 0, 16-byte aligned x, w (dy), y (dw), coordinates below 2³¹.
 template <Op kOp>
 using Sm90B = std::conditional_t<kNf4<kOp>, gemm::Nf4Stages, gemm::sm90::FloatB>;
-template <Precision kP, Op kOp>
+template <Precision kP, Op kOp>  // the tf32 float forward's tiles leave by TMA stores (store_tile_tma)
 constexpr bool kTmaOut = kOp == Op::kForward && kP == Precision::kTf32;
 template <Precision kP, Op kOp>
 using Sm90Layout = gemm::sm90::Layout<kP, Sm90B<kOp>, kTmaOut<kP, kOp>>;
