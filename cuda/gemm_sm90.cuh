@@ -15,11 +15,10 @@
 // producers round the float32 stage (bf16: to nearest even; NF4 in tf32: cvt.rna, ties away) into
 // a second ring, transposing MN-major operands on the way. Two consumer warpgroups, 64 × 256
 // outputs each (128 × 128 with B in registers), only wait for stages, run wgmma and store their
-// tile. The sides meet at mbarriers. The tf32 forward's whole tiles leave by TMA stores from a
-// staging area of their own (store_tile_tma), the others from registers or through a math slot.
+// tile. The sides meet at mbarriers. tf32's whole tiles leave by TMA stores from a staging area
+// of their own (store_tile_tma), the others from registers or through a math slot.
 // Copies run ahead of the consumers (kAhead = 3 stages ahead of the rounding, or as far as the
-// ring allows when there is none), across the tiles of a persistent block, so loads continue
-// through the epilogues.
+// ring allows), across the tiles of a persistent block, so loads continue through the epilogues.
 //
 // wgmma exists on sm_90a only: the kernel that uses this file compiles its body for sm_90a alone
 // (__CUDA_ARCH_FEAT_SM90_ALL), and the host launches it only on devices of compute capability 9.0.
@@ -43,7 +42,6 @@ constexpr int kThreads = kConsumers + kProducers;
 constexpr int kRows = kBM + kBN;     // a stage is A's kBM rows, then B's kBN rows
 constexpr int kRowStep = kProducers / 8;             // rows rounded at once: 8 threads a row
 constexpr int kAcc = kBN / 2;        // accumulators per thread: 64 × 256 over 128 threads
-constexpr int kAhead = 3;            // stages in flight (being copied) ahead of the rounding
 static_assert(kBN <= 256, "a TMA box has at most 256 rows");
 static_assert(kProducers == 128 && kBM % 64 == 0 && kBN % 64 == 0, "transpose's share of the blocks");
 
@@ -73,11 +71,13 @@ template <Precision kP, class B = FloatB, bool kTmaOut = false>
 struct Layout {
   static_assert(kP == Precision::kTf32 || kP == Precision::kBf16, "wgmma path: tf32 and bf16");
   static constexpr bool kInPlace = kP == Precision::kTf32 && !B::kNf4;
-  static_assert(!kTmaOut || kInPlace, "TMA stores: the tf32 float path");
+  static_assert(!kTmaOut || kInPlace, "TMA stores: the tf32 float paths");
   // see run_tiles for why these suffice; NF4's small raw stages leave room for a 4th in bf16;
   // the staging area of kTmaOut takes the room of the 4th in place
   static constexpr int kSlots = (kInPlace && !kTmaOut) || (B::kNf4 && kP == Precision::kBf16) ? 4 : 3;
   static constexpr int kStagingBytes = kTmaOut ? kConsumers / 128 * 32768 : 0;  // 32 KB a warpgroup
+  // stages in flight (being copied) ahead of the rounding; in place, the ring's other slots
+  static constexpr int kAhead = kInPlace ? kSlots - 1 : 3;
   static constexpr int kRawPitch = 128, kRawBytes = kBM * kRawPitch + B::kRawBytes;
   static_assert(kRawBytes % 1024 == 0, "stages stay 1024-byte aligned for the swizzles");
   static constexpr int kElemBytes = kP == Precision::kTf32 ? 4 : 2;
@@ -271,7 +271,7 @@ struct TileJob {
   float* c;
   int64_t ldc;
   int rows, cols;
-  int c_col = 0;  // the forward's first column of y (its first row is a_row), for TMA stores
+  int c_row = 0, c_col = 0;  // the tile's first row and column in map_c, for TMA stores
 };
 
 // Producer p's 16-byte pieces of the first kCount · kRowStep rows of a landed raw stage, row
@@ -432,39 +432,56 @@ __device__ __forceinline__ void warpgroup_sync() {
   asm volatile("bar.sync %0, 128;\n" ::"r"(3 + threadIdx.x / 128) : "memory");
 }
 
-// A tile of kBM rows of y (at row a_row, column c_col of map_c: boxes of 32 columns × 64 rows)
-// by TMA stores: warpgroup g's 64 rows leave in two rounds of 128 columns through its 32 KB of
-// staging, 4 boxes 128-byte swizzled as the map reads them (16-byte chunk c of row i at c ^ (i %
-// 8): a warp's float2 writes of 8 rows meet distinct bank groups). Thread 0 of the warpgroup issues
-// the stores and, before a round rewrites the staging, waits until the stores before have read
-// it. The consumers then go on to the next tile while the stores drain (against direct stores
-// and a 4th slot: cuda/NOTES.md, tenth section).
+// Byte offset of (row i < 64, column j < 128) in a warpgroup's 32 KB of staging: 4 boxes of
+// 64 rows × 32 columns, 128-byte swizzled as the TMA map reads them (16-byte chunk c of row i at
+// c ^ (i % 8)).
+__device__ __forceinline__ int staged_at(int i, int j) {
+  return j / 32 * 8192 + i * 128 + ((j % 32 / 4) ^ (i % 8)) * 16 + j % 4 * 4;
+}
+
+// A tile by TMA stores into map_c, in two rounds of 64 rows × 128 columns a warpgroup through its
+// 32 KB of staging: fill(round, buf) writes the round's values (staged_at), then thread 0 of the
+// warpgroup stores the boxes that reach the tile's columns, at map_c's (c_col + col0 + 32·box,
+// c_row + row0) for (row0, col0) = at(round). Before a round rewrites the staging, thread 0 waits
+// until the stores before have read it. The consumers then go on to the next tile while the
+// stores drain (against direct stores and a 4th slot: cuda/NOTES.md, tenth section).
+template <class Fill, class At>
+__device__ __forceinline__ void store_tile_tma(const TileJob& job, uint8_t* staging, const CUtensorMap* map_c,
+                                               const Fill& fill, const At& at) {
+  uint8_t* const buf = staging + threadIdx.x / 128 * 32768;
+  const bool leader = threadIdx.x % 128 == 0;
+#pragma unroll
+  for (int round = 0; round < 2; ++round) {
+    if (leader) bulk_wait_read();
+    warpgroup_sync();
+    fill(round, buf);
+    fence_proxy_async();
+    warpgroup_sync();
+    if (leader) {
+      const int2 rc = at(round);
+      for (int box = 0; box < 4; ++box)
+        if (rc.y + 32 * box < job.cols)
+          tma_store(map_c, buf + box * 8192, job.c_col + rc.y + 32 * box, job.c_row + rc.x);
+      bulk_commit();
+    }
+  }
+}
+
+// The forward's tile (rows == kBM): warpgroup g's 64 rows, columns [128·round, 128·round + 128)
+// a round (a warp's float2 writes of 8 rows meet distinct bank groups).
 __device__ __forceinline__ void store_tile_tma(const float (&acc)[kAcc], const TileJob& job, uint8_t* staging,
                                                const CUtensorMap* map_c) {
   const int t = threadIdx.x % 128, lane = t % 32;
-  uint8_t* const buf = staging + threadIdx.x / 128 * 32768;
-#pragma unroll
-  for (int round = 0; round < kBN / 128; ++round) {
-    if (t == 0) bulk_wait_read();
-    warpgroup_sync();
+  store_tile_tma(job, staging, map_c, [&](int round, uint8_t* buf) {
 #pragma unroll
     for (int q = 0; q < 16; ++q)  // columns 128·round + 8q + 2·(l%4) + {0, 1}, as wgmma's layout
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int i = t / 32 * 16 + lane / 4 + 8 * h, j = (8 * q + lane % 4 * 2) % 32;
         const int a = 4 * (16 * round + q) + 2 * h;
-        *reinterpret_cast<float2*>(buf + q / 4 * 8192 + i * 128 + ((j / 4) ^ (i % 8)) * 16 + j % 4 * 4) =
+        *reinterpret_cast<float2*>(buf + staged_at(t / 32 * 16 + lane / 4 + 8 * h, 8 * q + lane % 4 * 2)) =
             make_float2(acc[a], acc[a + 1]);
       }
-    fence_proxy_async();
-    warpgroup_sync();
-    if (t == 0) {
-      for (int box = 0; box < 4; ++box)
-        if (128 * round + 32 * box < job.cols)
-          tma_store(map_c, buf + box * 8192, job.c_col + 128 * round + 32 * box, job.a_row + threadIdx.x / 128 * 64);
-      bulk_commit();
-    }
-  }
+  }, [&](int round) { return make_int2(threadIdx.x / 128 * 64, 128 * round); });
 }
 
 // store_tile through shared memory (c 16-byte aligned, ldc and cols multiples of 4, as every
@@ -562,6 +579,26 @@ __device__ __forceinline__ void store_tile_transposed(const float (&acc)[kAcc], 
   }
 }
 
+// The transposed tile (rows == kBM) by TMA stores: warpgroup g's columns [128g, 128g + 128)
+// (column_of), rows [64·round, 64·round + 64) a round.
+__device__ __forceinline__ void store_tile_tma_transposed(const float (&acc)[kAcc], const TileJob& job,
+                                                          uint8_t* staging, const CUtensorMap* map_c) {
+  const int t = threadIdx.x % 4;
+  store_tile_tma(job, staging, map_c, [&](int round, uint8_t* buf) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int j = column_of(h) % 128;
+#pragma unroll
+      for (int q = 0; q < 8; ++q)  // rows 64·round + 8q + 2t + e
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int a = 64 * h + 4 * (8 * round + q) + e;
+          *reinterpret_cast<float2*>(buf + staged_at(8 * q + 2 * t + e, j)) = make_float2(acc[a], acc[a + 2]);
+        }
+    }
+  }, [&](int round) { return make_int2(64 * round, threadIdx.x / 128 * 128); });
+}
+
 // ---------------------------------------------------------------------------------------------
 // A persistent block's stream: tiles blockIdx.x, blockIdx.x + gridDim.x, … < num_tiles, job(tile)
 // giving each one's operands, depth and output (TileJob; A, B MN-major when kAMN, kBMN; kTmaOut:
@@ -601,7 +638,6 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
   // tf32 with A K-major: the stages are ready as they land, nothing for the producers to do but
   // copy; the consumers wait on raw_full.
   constexpr bool kCopyOnly = L::kInPlace && !kAMN;
-  static_assert(!kTmaOut || (kCopyOnly && !kBRegs), "TMA stores: the tf32 forward");
   const auto num_k = [](const TileJob& t) { return (t.depth + kBK - 1) / kBK; };
   const int stride = gridDim.x;
   uint64_t* const raw_full = L::barriers(smem);
@@ -655,9 +691,9 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
           if (++slot == L::kSlots) slot = 0, ++pass;
         }
     } else {
-      for (int t = 0; t < kAhead && copy_tile < num_tiles; ++t) copy(t);
-      int slot = 0, ahead = kAhead % L::kSlots;  // slots of stages s and s + kAhead
-      uint32_t pass = 0, ahead_pass = kAhead / L::kSlots;
+      for (int t = 0; t < L::kAhead && copy_tile < num_tiles; ++t) copy(t);
+      int slot = 0, ahead = L::kAhead % L::kSlots;  // slots of stages s and s + kAhead
+      uint32_t pass = 0, ahead_pass = L::kAhead / L::kSlots;
       for (int64_t tile = blockIdx.x; tile < num_tiles; tile += stride) {
         const TileJob cur = job(tile);
         for (int k = 0; k < num_k(cur); ++k) {
@@ -733,7 +769,10 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
       wgmma_wait<0>();
       mbar_arrive(&empty[prev]);
       fence_acc(acc);
-      store_tile_transposed(acc, out);
+      if (kTmaOut && out.rows == kBM)
+        store_tile_tma_transposed(acc, out, L::staging(smem), map_c);
+      else
+        store_tile_transposed(acc, out);
       continue;
     }
     for (int k = 0; k < nk; ++k) {

@@ -184,13 +184,13 @@ __global__ void __launch_bounds__(Shape::kThreads) grouped_gemm_kernel(const Gem
 // Forward: map_a over x [M, K], map_b over w as [E·N, K]. dX: map_b over w as [E, K, N]. dW
 // (tiles of dw[e] [N, K], r over the expert's rows): map_a over dy as [1, M, N], map_b over x as
 // [1, M, K]. NF4 forward: map_a as forward, map_b over the codes as [E·N, K/2] bytes and map_c
-// over absmax as [E·N, K/blocksize] (Nf4Stages). The tf32 forward: map_c over y as [M, N], boxes
-// of 32 × 64, for TMA stores of its whole tiles; map_c is unused by the other ops. Needs K, N % 4
-// == 0, 16-byte aligned x, w (dy), y (dw), coordinates below 2³¹.
+// over absmax as [E·N, K/blocksize] (Nf4Stages). tf32: map_c over the output for TMA stores of
+// whole tiles, boxes of 32 × 64 (forward, dX: y as [M, N]; dW: dw as [E·N, K]); bf16 leaves it
+// unused. Needs K, N % 4 == 0, 16-byte aligned x, w (dy), y (dw), coordinates below 2³¹.
 template <Op kOp>
 using Sm90B = std::conditional_t<kNf4<kOp>, gemm::Nf4Stages, gemm::sm90::FloatB>;
-template <Precision kP, Op kOp>  // the tf32 float forward's tiles leave by TMA stores (store_tile_tma)
-constexpr bool kTmaOut = kOp == Op::kForward && kP == Precision::kTf32;
+template <Precision kP, Op kOp>  // tf32 tiles of float weights leave by TMA stores (store_tile_tma)
+constexpr bool kTmaOut = kP == Precision::kTf32 && !kNf4<kOp>;
 template <Precision kP, Op kOp>
 using Sm90Layout = gemm::sm90::Layout<kP, Sm90B<kOp>, kTmaOut<kP, kOp>>;
 
@@ -213,9 +213,10 @@ __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
       const int cols = static_cast<int>(min(args.K - t.k0, static_cast<int64_t>(g90::kBN)));
       return g90::TileJob{static_cast<int>(t.n0), static_cast<int>(t.k0), 0, static_cast<int>(t.row0),
                           static_cast<int>(t.rows), args.out + (t.expert * args.N + t.n0) * args.K + t.k0, args.K,
-                          rows, cols};
+                          rows, cols, static_cast<int>(t.expert * args.N + t.n0), static_cast<int>(t.k0)};
     };
-    g90::run_tiles<kP, true, true>(smem, args.E * args.tiles_n * args.tiles_k, job, &map_a, &map_b);
+    g90::run_tiles<kP, true, true, kTmaOut<kP, kOp>>(smem, args.E * args.tiles_n * args.tiles_k, job, &map_a, &map_b,
+                                                      g90::FloatB{}, nullptr, &map_c);
   } else {
     // y[row0 + i, col0 + j] = Σ_k x[row0 + i, k] · w[e, col0 + j, k]   (dX: w[e, k, col0 + j])
     static_assert(kOp != Op::kForwardTransposedNf4, "NF4 dX runs the sm_80 path");
@@ -225,7 +226,8 @@ __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
       const int cols = static_cast<int>(min(args.N - t.col0, static_cast<int64_t>(g90::kBN)));
       const int b_row = static_cast<int>(kTransposed ? t.col0 : t.expert * args.N + t.col0);
       return g90::TileJob{static_cast<int>(t.row0), b_row, static_cast<int>(t.expert), 0, static_cast<int>(args.K),
-                          args.out + t.row0 * args.N + t.col0, args.N, t.rows, cols, static_cast<int>(t.col0)};
+                          args.out + t.row0 * args.N + t.col0, args.N, t.rows, cols, static_cast<int>(t.row0),
+                          static_cast<int>(t.col0)};
     };
     if constexpr (kNf4<kOp>) {
       __shared__ float code[16];
@@ -369,12 +371,12 @@ bool encode_tma_rows(CUtensorMap* map, const float* base, int64_t rows, int64_t 
   return encode_tma(map, base, 2, dims, pitches, box, type);
 }
 
-// y [M, N] of the tf32 forward, for TMA stores: boxes of 32 columns × 64 rows (a warpgroup's).
-bool encode_tma_out(CUtensorMap* map, const float* y, int64_t M, int64_t N) {
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(N), static_cast<cuuint64_t>(M)};
-  const cuuint64_t pitches[1] = {static_cast<cuuint64_t>(N) * sizeof(float)};
+// An output [rows, cols] of tf32, for TMA stores: boxes of 32 columns × 64 rows (store_tile_tma).
+bool encode_tma_out(CUtensorMap* map, const float* out, int64_t rows, int64_t cols) {
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t pitches[1] = {static_cast<cuuint64_t>(cols) * sizeof(float)};
   const cuuint32_t box[2] = {32, 64};
-  return encode_tma(map, y, 2, dims, pitches, box);
+  return encode_tma(map, out, 2, dims, pitches, box);
 }
 
 // [E, K, N] (w of dX; dy, x of dW with E = 1): boxes of 32 columns × 32 k × 1, so that k past K reads zeros.
@@ -498,10 +500,10 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
   if (device.capability == 90 && (precision == Precision::kTf32 || precision == Precision::kBf16) && sm90_shape && vec4 &&
       args.out_vec4 && std::max({M, K, N, E, transpose_weight ? 0 : E * N}) < kCoord &&
       encode_tma_rows(&map_x, x, M, K, gemm::sm90::kBM, type)) {
-    if (transpose_weight && encode_tma_kn(&map_w, w, E, K, N, type))
-      return run_sm90<Op::kForwardTransposed>(args, map_x, map_w, precision, device, stream);
-    CUtensorMap map_y;  // the tf32 forward's TMA stores
+    CUtensorMap map_y;  // the tf32 forward's and dX's TMA stores
     const bool tf32 = precision == Precision::kTf32;
+    if (transpose_weight && encode_tma_kn(&map_w, w, E, K, N, type) && (!tf32 || encode_tma_out(&map_y, y, M, N)))
+      return run_sm90<Op::kForwardTransposed>(args, map_x, map_w, precision, device, stream, tf32 ? &map_y : nullptr);
     if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, gemm::sm90::kBN, type) &&
         (!tf32 || encode_tma_out(&map_y, y, M, N)))
       return run_sm90<Op::kForward>(args, map_x, map_w, precision, device, stream, tf32 ? &map_y : nullptr);
@@ -569,12 +571,13 @@ cudaError_t grouped_gemm_grad_weight(const float* x, const float* dy, const int3
   // The sm_90a path where it was measured faster (H100, E = 128): N, K ≥ 256, and a mean of 256
   // (bf16) or 128 (tf32) rows per expert, the depth of each tile (at 32 rows: 12 % slower).
   const bool sm90_shape = N >= 256 && K >= 256 && M >= (precision == Precision::kBf16 ? 256 : 128) * E;
-  CUtensorMap map_dy, map_x;
+  CUtensorMap map_dy, map_x, map_dw;  // map_dw: dw as [E·N, K], for tf32's TMA stores
   const CUtensorMapDataType type = operand_type(precision);
-  if (device.capability == 90 && (precision == Precision::kTf32 || precision == Precision::kBf16) && sm90_shape && vec4 &&
-      args.out_vec4 && std::max({M, K, N}) < (int64_t{1} << 31) && encode_tma_kn(&map_dy, dy, 1, M, N, type) &&
-      encode_tma_kn(&map_x, x, 1, M, K, type))
-    return run_sm90<Op::kGradWeight>(args, map_dy, map_x, precision, device, stream);
+  const bool tf32 = precision == Precision::kTf32;
+  if (device.capability == 90 && (tf32 || precision == Precision::kBf16) && sm90_shape && vec4 && args.out_vec4 &&
+      std::max({M, K, E * N}) < (int64_t{1} << 31) && encode_tma_kn(&map_dy, dy, 1, M, N, type) &&
+      encode_tma_kn(&map_x, x, 1, M, K, type) && (!tf32 || encode_tma_out(&map_dw, dw, E * N, K)))
+    return run_sm90<Op::kGradWeight>(args, map_dy, map_x, precision, device, stream, tf32 ? &map_dw : nullptr);
   return run<Op::kGradWeight>(args, precision, vec4, device, stream);
 }
 
