@@ -602,7 +602,7 @@ __device__ __forceinline__ void store_tile_tma_transposed(const float (&acc)[kAc
 // ---------------------------------------------------------------------------------------------
 // A persistent block's stream: tiles blockIdx.x, blockIdx.x + gridDim.x, … < num_tiles, job(tile)
 // giving each one's operands, depth and output (TileJob; A, B MN-major when kAMN, kBMN; kTmaOut:
-// tiles of kBM rows leave by TMA stores into map_c, store_tile_tma). The
+// tiles of kBM rows leave by TMA stores into map_c, store_tile_tma: the tf32 forward, dX, dW). The
 // stream's stages are the tiles' num_k = ⌈depth / 32⌉ stages in order (tiles of depth 0 have none
 // and store zeros); stage s is in slot s % kSlots, on pass s / kSlots over the ring. B comes from
 // B (FloatB: float32 boxes of map_b, rounded; Nf4Stages: NF4 codes of map_b and absmax of map_s, decoded).
@@ -610,9 +610,9 @@ __device__ __forceinline__ void store_tile_tma_transposed(const float (&acc)[kAc
 //
 // Producers, stage s: wait on raw_full; (not in place) wait on empty for stage s − kSlots, whose
 // math slot it takes; round, transpose or decode, fence.proxy.async, arrive on full (and on
-// raw_empty). Then the leader copies stage s + 3 once its slot is free: (in place) the consumers
-// released stage s − 1 (empty), (else) every producer has rounded stage s + 3 − kSlots
-// (raw_empty). tf32 with A K-major (forward, dX) leaves the producers nothing to do: the leader
+// raw_empty). Then the leader copies stage s + kAhead once its slot is free: (in place, kAhead =
+// kSlots − 1) the consumers released stage s − 1 (empty), (else) every producer has rounded stage
+// s + kAhead − kSlots (raw_empty). tf32 with A K-major (forward, dX) leaves the producers nothing to do: the leader
 // copies stage s once the consumers released stage s − kSlots, and the consumers wait on raw_full
 // instead of full. Consumers, stage s: wait on full; wgmma (async); wait for their wgmma of stage
 // s − 1 and release it (empty); at a tile's end wait for all, release stage s, store the tile. In
