@@ -42,6 +42,7 @@ constexpr int kThreads = kConsumers + kProducers;
 constexpr int kRows = kBM + kBN;     // a stage is A's kBM rows, then B's kBN rows
 constexpr int kRowStep = kProducers / 8;             // rows rounded at once: 8 threads a row
 constexpr int kAcc = kBN / 2;        // accumulators per thread: 64 × 256 over 128 threads
+constexpr int kStagingPerWarpgroup = 32768;  // TMA stores: two rounds of 64 × 128 floats (store_tile_tma)
 static_assert(kBN <= 256, "a TMA box has at most 256 rows");
 static_assert(kProducers == 128 && kBM % 64 == 0 && kBN % 64 == 0, "transpose's share of the blocks");
 
@@ -75,7 +76,7 @@ struct Layout {
   // see run_tiles for why these suffice; NF4's small raw stages leave room for a 4th in bf16;
   // the staging area of kTmaOut takes the room of the 4th in place
   static constexpr int kSlots = (kInPlace && !kTmaOut) || (B::kNf4 && kP == Precision::kBf16) ? 4 : 3;
-  static constexpr int kStagingBytes = kTmaOut ? kConsumers / 128 * 32768 : 0;  // 32 KB a warpgroup
+  static constexpr int kStagingBytes = kTmaOut ? kConsumers / 128 * kStagingPerWarpgroup : 0;
   // stages in flight (being copied) ahead of the rounding; in place, the ring's other slots
   static constexpr int kAhead = kInPlace ? kSlots - 1 : 3;
   static constexpr int kRawPitch = 128, kRawBytes = kBM * kRawPitch + B::kRawBytes;
@@ -448,7 +449,7 @@ __device__ __forceinline__ int staged_at(int i, int j) {
 template <class Fill, class At>
 __device__ __forceinline__ void store_tile_tma(const TileJob& job, uint8_t* staging, const CUtensorMap* map_c,
                                                const Fill& fill, const At& at) {
-  uint8_t* const buf = staging + threadIdx.x / 128 * 32768;
+  uint8_t* const buf = staging + threadIdx.x / 128 * kStagingPerWarpgroup;
   const bool leader = threadIdx.x % 128 == 0;
 #pragma unroll
   for (int round = 0; round < 2; ++round) {

@@ -287,6 +287,23 @@ cudaError_t with_plan(GemmArgs args, cudaStream_t stream, Launch launch) {
   return err != cudaSuccess ? err : free_err;
 }
 
+// Sets args' tile counts for tiles of bm × bn (dW: tiles of dw[e], n × k; else row tiles × column
+// blocks of y) and the plan's row-tile height (0 for dW); returns a bound on the tiles, to size the grid.
+template <Op kOp>
+int64_t set_tiles(GemmArgs& args, int bm, int bn) {
+  if constexpr (kOp == Op::kGradWeight) {
+    args.tiles_n = (args.N + bm - 1) / bm;
+    args.tiles_k = (args.K + bn - 1) / bn;
+    args.plan_bm = 0;
+    return args.E * args.tiles_n * args.tiles_k;
+  } else {
+    args.tiles_n = (args.N + bn - 1) / bn;
+    args.tiles_k = 0;
+    args.plan_bm = bm;
+    return ((args.M + bm - 1) / bm + args.E) * args.tiles_n;  // Σ_e ⌈rows_e / bm⌉ ≤ ⌈M / bm⌉ + E
+  }
+}
+
 template <class Shape, Op kOp, Precision kP, int kVec>
 cudaError_t launch_gemm(GemmArgs args, int64_t max_tiles, const Device& device, cudaStream_t stream) {
   const auto kernel = grouped_gemm_kernel<Shape, kOp, kP, kVec>;
@@ -317,19 +334,7 @@ cudaError_t launch_gemm(GemmArgs args, int64_t max_tiles, const Device& device, 
 
 template <class Shape, Op kOp, Precision kP>
 cudaError_t run(GemmArgs args, bool vec4, const Device& device, cudaStream_t stream) {
-  const int64_t E = args.E;
-  int64_t max_tiles;  // a bound on the tiles, to size the grid
-  if constexpr (kOp == Op::kGradWeight) {
-    args.tiles_n = (args.N + Shape::kBM - 1) / Shape::kBM;
-    args.tiles_k = (args.K + Shape::kBN - 1) / Shape::kBN;
-    max_tiles = E * args.tiles_n * args.tiles_k;
-    args.plan_bm = 0;
-  } else {
-    args.tiles_n = (args.N + Shape::kBN - 1) / Shape::kBN;
-    args.tiles_k = 0;
-    max_tiles = ((args.M + Shape::kBM - 1) / Shape::kBM + E) * args.tiles_n;  // Σ_e ⌈rows_e / bm⌉ ≤ ⌈M / bm⌉ + E
-    args.plan_bm = Shape::kBM;
-  }
+  const int64_t max_tiles = set_tiles<kOp>(args, Shape::kBM, Shape::kBN);
   return vec4 ? launch_gemm<Shape, kOp, kP, 4>(args, max_tiles, device, stream)
               : launch_gemm<Shape, kOp, kP, 1>(args, max_tiles, device, stream);
 }
@@ -407,18 +412,7 @@ template <Precision kP, Op kOp>
 cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_a, const CUtensorMap& map_b, const CUtensorMap& map_c,
                      const Device& device, cudaStream_t stream) {
   namespace g90 = gemm::sm90;
-  int64_t max_tiles;  // a bound on the tiles, to size the grid
-  if constexpr (kOp == Op::kGradWeight) {
-    args.tiles_n = (args.N + g90::kBM - 1) / g90::kBM;
-    args.tiles_k = (args.K + g90::kBN - 1) / g90::kBN;
-    max_tiles = args.E * args.tiles_n * args.tiles_k;
-    args.plan_bm = 0;
-  } else {
-    args.tiles_n = (args.N + g90::kBN - 1) / g90::kBN;
-    args.tiles_k = 0;
-    max_tiles = ((args.M + g90::kBM - 1) / g90::kBM + args.E) * args.tiles_n;
-    args.plan_bm = g90::kBM;
-  }
+  const int64_t max_tiles = set_tiles<kOp>(args, g90::kBM, g90::kBN);
   // The plan follows the pipeline in shared memory where the device has room (one block an SM).
   const auto kernel = grouped_gemm_sm90_kernel<kP, kOp>;
   cudaFuncAttributes attributes{};
@@ -440,7 +434,7 @@ template <Op kOp>
 cudaError_t run_sm90(const GemmArgs& args, const CUtensorMap& map_a, const CUtensorMap& map_b,
                      Precision precision, const Device& device, cudaStream_t stream,
                      const CUtensorMap* map_c = nullptr) {
-  const CUtensorMap& c = map_c ? *map_c : map_b;  // unused unless NF4 or the tf32 forward
+  const CUtensorMap& c = map_c ? *map_c : map_b;  // unused unless NF4 or tf32 (TMA stores)
   return precision == Precision::kTf32
              ? run_sm90<Precision::kTf32, kOp>(args, map_a, map_b, c, device, stream)
              : run_sm90<Precision::kBf16, kOp>(args, map_a, map_b, c, device, stream);
@@ -500,13 +494,15 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
   if (device.capability == 90 && (precision == Precision::kTf32 || precision == Precision::kBf16) && sm90_shape && vec4 &&
       args.out_vec4 && std::max({M, K, N, E, transpose_weight ? 0 : E * N}) < kCoord &&
       encode_tma_rows(&map_x, x, M, K, gemm::sm90::kBM, type)) {
-    CUtensorMap map_y;  // the tf32 forward's and dX's TMA stores
+    CUtensorMap map_y;  // tf32's TMA stores of y
     const bool tf32 = precision == Precision::kTf32;
-    if (transpose_weight && encode_tma_kn(&map_w, w, E, K, N, type) && (!tf32 || encode_tma_out(&map_y, y, M, N)))
-      return run_sm90<Op::kForwardTransposed>(args, map_x, map_w, precision, device, stream, tf32 ? &map_y : nullptr);
-    if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, gemm::sm90::kBN, type) &&
-        (!tf32 || encode_tma_out(&map_y, y, M, N)))
-      return run_sm90<Op::kForward>(args, map_x, map_w, precision, device, stream, tf32 ? &map_y : nullptr);
+    const CUtensorMap* out = tf32 ? &map_y : nullptr;
+    if (!tf32 || encode_tma_out(&map_y, y, M, N)) {
+      if (transpose_weight && encode_tma_kn(&map_w, w, E, K, N, type))
+        return run_sm90<Op::kForwardTransposed>(args, map_x, map_w, precision, device, stream, out);
+      if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, gemm::sm90::kBN, type))
+        return run_sm90<Op::kForward>(args, map_x, map_w, precision, device, stream, out);
+    }
   }
   return transpose_weight ? run<Op::kForwardTransposed>(args, precision, vec4, device, stream)
                           : run<Op::kForward>(args, precision, vec4, device, stream);
