@@ -42,7 +42,7 @@ constexpr int kThreads = kConsumers + kProducers;
 constexpr int kRows = kBM + kBN;     // a stage is A's kBM rows, then B's kBN rows
 constexpr int kRowStep = kProducers / 8;             // rows rounded at once: 8 threads a row
 constexpr int kAcc = kBN / 2;        // accumulators per thread: 64 × 256 over 128 threads
-constexpr int kStagingPerWarpgroup = 32768;  // TMA stores: two rounds of 64 × 128 floats (store_tile_tma)
+constexpr int kStagingPerWarpgroup = 32768;  // TMA stores of run_tiles: rounds of 4 boxes (store_tile_tma)
 static_assert(kBN <= 256, "a TMA box has at most 256 rows");
 static_assert(kProducers == 128 && kBM % 64 == 0 && kBN % 64 == 0, "transpose's share of the blocks");
 
@@ -252,6 +252,16 @@ __device__ __forceinline__ void wgmma_rs(float (&acc)[kAcc], const uint32_t (&a)
                : MOE_ACC64(0)
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
 }
+// acc[64h ..] (+)= A · Bᵀ, tf32, for A 64 × 8 and B 128 × 8 at descriptors a, b (the ping-pong
+// forward's halves of a 128 × 128 tile, gemm_sm90_pingpong.cuh); layout as wgmma_rs's.
+template <int kHalf>
+__device__ __forceinline__ void wgmma_ss(float (&acc)[kAcc], uint64_t a, uint64_t b, int accumulate) {
+  float* const d = acc + 64 * kHalf;
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 " MOE_D64 ", %64, %65, p, 1, 1;\n}\n"
+               : MOE_ACC64(0)
+               : "l"(a), "l"(b), "r"(accumulate));
+}
 #undef MOE_D64
 #undef MOE_D128
 #undef MOE_ACC128
@@ -410,19 +420,22 @@ __device__ __forceinline__ void load_operand(uint8_t* dst, const CUtensorMap* ma
 
 // Stores C(i, j) = acc (kZero: 0, a tile of depth 0; zeroing acc itself made ptxas spill it) for
 // i < rows, j < cols at c[i·ldc + j], straight from the registers as float2 (needs cols and ldc
-// even, c 8-byte aligned): a warp writes 8 rows × 32 bytes at a time.
-template <bool kZero>
+// even, c 8-byte aligned): a warp writes 8 rows × 32 bytes at a time. The warpgroup's part of the
+// tile: rows [64g, 64g + 64) × 256 columns, or (kOwnTile, the ping-pong forward) the whole 128 ×
+// 128 tile, acc[64h ..] holding rows [64h, 64h + 64).
+template <bool kZero, bool kOwnTile = false>
 __device__ __forceinline__ void store_tile(const float (&acc)[kAcc], const TileJob& job) {
   const int lane = threadIdx.x % 32;
-  const int i = threadIdx.x / 128 * 64 + threadIdx.x % 128 / 32 * 16 + lane / 4;
+  const int i = (kOwnTile ? 0 : threadIdx.x / 128 * 64) + threadIdx.x % 128 / 32 * 16 + lane / 4;
   const int j = lane % 4 * 2;
 #pragma unroll
-  for (int q = 0; q < kBN / 8; ++q) {
-    if (j + 8 * q >= job.cols) continue;
+  for (int q = 0; q < kAcc / 4; ++q) {
+    const int row = i + (kOwnTile ? q / 16 * 64 : 0), col = j + 8 * (kOwnTile ? q % 16 : q);
+    if (col >= job.cols) continue;
 #pragma unroll
     for (int h = 0; h < 2; ++h)
-      if (i + 8 * h < job.rows)
-        *reinterpret_cast<float2*>(job.c + (i + 8 * h) * job.ldc + j + 8 * q) =
+      if (row + 8 * h < job.rows)
+        *reinterpret_cast<float2*>(job.c + (row + 8 * h) * job.ldc + col) =
             kZero ? make_float2(0.f, 0.f) : make_float2(acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]);
   }
 }
@@ -440,19 +453,20 @@ __device__ __forceinline__ int staged_at(int i, int j) {
   return j / 32 * 8192 + i * 128 + ((j % 32 / 4) ^ (i % 8)) * 16 + j % 4 * 4;
 }
 
-// A tile by TMA stores into map_c, in two rounds of 64 rows × 128 columns a warpgroup through its
-// 32 KB of staging: fill(round, buf) writes the round's values (staged_at), then thread 0 of the
-// warpgroup stores the boxes that reach the tile's columns, at map_c's (c_col + col0 + 32·box,
-// c_row + row0) for (row0, col0) = at(round). Before a round rewrites the staging, thread 0 waits
-// until the stores before have read it. The consumers then go on to the next tile while the
-// stores drain (against direct stores and a 4th slot: cuda/NOTES.md, tenth section).
-template <class Fill, class At>
+// A tile by TMA stores into map_c, in rounds of kBoxes boxes of 64 rows × 32 columns a warpgroup
+// (its 64 × 256 or 128 × 128 outputs: 8 boxes) through its kBoxes · 8 KB of staging: fill(round,
+// buf) writes the round's values (staged_at), then thread 0 of the warpgroup stores the boxes that
+// reach the tile's columns, at map_c's (c_col + col0 + 32·box, c_row + row0) for (row0, col0) =
+// at(round). Before a round rewrites the staging, thread 0 waits until the stores before have read
+// it. The consumers then go on to the next tile while the stores drain (against direct stores and
+// a 4th slot: cuda/NOTES.md, tenth section).
+template <int kBoxes = 4, class Fill, class At>
 __device__ __forceinline__ void store_tile_tma(const TileJob& job, uint8_t* staging, const CUtensorMap* map_c,
                                                const Fill& fill, const At& at) {
-  uint8_t* const buf = staging + threadIdx.x / 128 * kStagingPerWarpgroup;
+  uint8_t* const buf = staging + threadIdx.x / 128 * kBoxes * 8192;
   const bool leader = threadIdx.x % 128 == 0;
 #pragma unroll
-  for (int round = 0; round < 2; ++round) {
+  for (int round = 0; round < 8 / kBoxes; ++round) {
     if (leader) bulk_wait_read();
     warpgroup_sync();
     fill(round, buf);
@@ -460,7 +474,7 @@ __device__ __forceinline__ void store_tile_tma(const TileJob& job, uint8_t* stag
     warpgroup_sync();
     if (leader) {
       const int2 rc = at(round);
-      for (int box = 0; box < 4; ++box)
+      for (int box = 0; box < kBoxes; ++box)
         if (rc.y + 32 * box < job.cols)
           tma_store(map_c, buf + box * 8192, job.c_col + rc.y + 32 * box, job.c_row + rc.x);
       bulk_commit();
@@ -469,20 +483,30 @@ __device__ __forceinline__ void store_tile_tma(const TileJob& job, uint8_t* stag
 }
 
 // The forward's tile (rows == kBM): warpgroup g's 64 rows, columns [128·round, 128·round + 128)
-// a round (a warp's float2 writes of 8 rows meet distinct bank groups).
+// a round, or (kOwnTile) its own 128 × 128 tile, rows [64h, 64h + 64) and 32·kBoxes columns a
+// round; either way acc[4q ..] holds columns 8q.. of the 64 rows (a warp's float2 writes of 8
+// rows meet distinct bank groups).
+template <bool kOwnTile = false, int kBoxes = 4>
 __device__ __forceinline__ void store_tile_tma(const float (&acc)[kAcc], const TileJob& job, uint8_t* staging,
                                                const CUtensorMap* map_c) {
+  static_assert(kOwnTile || kBoxes == 4, "the cooperative tile: rounds of 128 columns");
+  constexpr int kPerHalf = 4 / kBoxes;  // own tile: rounds a 64-row half
   const int t = threadIdx.x % 128, lane = t % 32;
-  store_tile_tma(job, staging, map_c, [&](int round, uint8_t* buf) {
+  const auto at = [&](int round) {
+    return kOwnTile ? make_int2(64 * (round / kPerHalf), 32 * kBoxes * (round % kPerHalf))
+                    : make_int2(threadIdx.x / 128 * 64, 128 * round);
+  };
+  store_tile_tma<kBoxes>(job, staging, map_c, [&](int round, uint8_t* buf) {
+    const int first = kOwnTile ? 16 * (round / kPerHalf) + 4 * kBoxes * (round % kPerHalf) : 16 * round;
 #pragma unroll
-    for (int q = 0; q < 16; ++q)  // columns 128·round + 8q + 2·(l%4) + {0, 1}, as wgmma's layout
+    for (int q = 0; q < 4 * kBoxes; ++q)  // columns at(round).y + 8q + 2·(l%4) + {0, 1}, as wgmma's layout
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int a = 4 * (16 * round + q) + 2 * h;
+        const int a = 4 * (first + q) + 2 * h;
         *reinterpret_cast<float2*>(buf + staged_at(t / 32 * 16 + lane / 4 + 8 * h, 8 * q + lane % 4 * 2)) =
             make_float2(acc[a], acc[a + 1]);
       }
-  }, [&](int round) { return make_int2(threadIdx.x / 128 * 64, 128 * round); });
+  }, at);
 }
 
 // store_tile through shared memory (c 16-byte aligned, ldc and cols multiples of 4, as every

@@ -15,9 +15,11 @@ const CASES: GroupedCase[] = [
   {name: 'E=1', M: 257, K: 160, N: 144, groups: () => Int32Array.of(257)},
   {name: 'E=256', M: 1000, K: 64, N: 48, groups: spread(1000, 256)},
   // Plans too big for the blocks' shared memory (H100 / H200) are written by the plan kernel instead:
-  // sm_80 tiles at E = 2000, the sm_90a forward at E = 1000 (bf16, and tf32 beside its TMA stores' staging).
+  // sm_80 tiles at E = 2000, the sm_90a bf16 forward at E = 1000 (the tf32 forward's ping-pong tiles still
+  // fit that plan, up to the last 2 KB), every sm_90a path at E = 2000.
   {name: 'E=2000, the plan in global memory', M: 3000, K: 36, N: 40, groups: spread(3000, 2000)},
   {name: 'E=1000 K=64 N=256, the sm_90a plan in global memory', M: 3000, K: 64, N: 256, groups: spread(3000, 1000)},
+  {name: 'E=2000 K=64 N=256, every sm_90a plan in global memory', M: 3000, K: 64, N: 256, groups: spread(3000, 2000)},
   {name: 'M=0', M: 0, K: 32, N: 16, groups: () => new Int32Array(4)},
   {name: 'LoRA A (N = r = 16)', M: 600, K: 512, N: 16, groups: spread(600, 8)},
   {name: 'LoRA B (K = r = 16)', M: 600, K: 16, N: 512, groups: spread(600, 8)},
