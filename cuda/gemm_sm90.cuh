@@ -16,7 +16,8 @@
 // a second ring, transposing MN-major operands on the way. Two consumer warpgroups, 64 × 256
 // outputs each (128 × 128 with B in registers), only wait for stages, run wgmma and store their
 // tile. The sides meet at mbarriers. tf32's whole tiles leave by TMA stores from a staging area
-// of their own (store_tile_tma), the others from registers or through a math slot.
+// of their own (store_tile_tma), the others from registers or through a math slot. (The tf32
+// forward at shallow K runs its own ping-pong tiles instead: gemm_sm90_pingpong.cuh.)
 // Copies run ahead of the consumers (kAhead = 3 stages ahead of the rounding, or as far as the
 // ring allows), across the tiles of a persistent block, so loads continue through the epilogues.
 //

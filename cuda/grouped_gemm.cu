@@ -181,7 +181,8 @@ __global__ void __launch_bounds__(Shape::kThreads) grouped_gemm_kernel(const Gem
   }
 }
 
-// sm_90a (tf32, bf16): the same schedules over 128 × 256 tiles, wgmma tile math, operands by TMA.
+// sm_90a (tf32, bf16): the same schedules over 128 × 256 tiles (the tf32 forward at K ≤ 1024: 128 × 128
+// ping-pong tiles, gemm_sm90_pingpong.cuh), wgmma tile math, operands by TMA.
 // Forward: map_a over x [M, K], map_b over w as [E·N, K]. dX: map_b over w as [E, K, N]. dW
 // (tiles of dw[e] [N, K], r over the expert's rows): map_a over dy as [1, M, N], map_b over x as
 // [1, M, K]. NF4 forward: map_a as forward, map_b over the codes as [E·N, K/2] bytes and map_c
