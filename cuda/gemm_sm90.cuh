@@ -43,7 +43,8 @@ constexpr int kThreads = kConsumers + kProducers;
 constexpr int kRows = kBM + kBN;     // a stage is A's kBM rows, then B's kBN rows
 constexpr int kRowStep = kProducers / 8;             // rows rounded at once: 8 threads a row
 constexpr int kAcc = kBN / 2;        // accumulators per thread: 64 × 256 over 128 threads
-constexpr int kStagingPerWarpgroup = 32768;  // TMA stores of run_tiles: rounds of 4 boxes (store_tile_tma)
+constexpr int kOutBoxBytes = 64 * 32 * 4;                 // a box of TMA stores: 64 rows × 32 floats
+constexpr int kStagingPerWarpgroup = 4 * kOutBoxBytes;  // run_tiles' TMA stores: rounds of 4 boxes (store_tile_tma)
 static_assert(kBN <= 256, "a TMA box has at most 256 rows");
 static_assert(kProducers == 128 && kBM % 64 == 0 && kBN % 64 == 0, "transpose's share of the blocks");
 
@@ -451,7 +452,7 @@ __device__ __forceinline__ void warpgroup_sync() {
 // 64 rows × 32 columns, 128-byte swizzled as the TMA map reads them (16-byte chunk c of row i at
 // c ^ (i % 8)).
 __device__ __forceinline__ int staged_at(int i, int j) {
-  return j / 32 * 8192 + i * 128 + ((j % 32 / 4) ^ (i % 8)) * 16 + j % 4 * 4;
+  return j / 32 * kOutBoxBytes + i * 128 + ((j % 32 / 4) ^ (i % 8)) * 16 + j % 4 * 4;
 }
 
 // A tile by TMA stores into map_c, in rounds of kBoxes boxes of 64 rows × 32 columns a warpgroup
@@ -464,7 +465,7 @@ __device__ __forceinline__ int staged_at(int i, int j) {
 template <int kBoxes = 4, class Fill, class At>
 __device__ __forceinline__ void store_tile_tma(const TileJob& job, uint8_t* staging, const CUtensorMap* map_c,
                                                const Fill& fill, const At& at) {
-  uint8_t* const buf = staging + threadIdx.x / 128 * kBoxes * 8192;
+  uint8_t* const buf = staging + threadIdx.x / 128 * kBoxes * kOutBoxBytes;
   const bool leader = threadIdx.x % 128 == 0;
 #pragma unroll
   for (int round = 0; round < 8 / kBoxes; ++round) {
@@ -477,7 +478,7 @@ __device__ __forceinline__ void store_tile_tma(const TileJob& job, uint8_t* stag
       const int2 rc = at(round);
       for (int box = 0; box < kBoxes; ++box)
         if (rc.y + 32 * box < job.cols)
-          tma_store(map_c, buf + box * 8192, job.c_col + rc.y + 32 * box, job.c_row + rc.x);
+          tma_store(map_c, buf + box * kOutBoxBytes, job.c_col + rc.y + 32 * box, job.c_row + rc.x);
       bulk_commit();
     }
   }

@@ -25,7 +25,7 @@ struct PingPongLayout {
   static constexpr int kBN = 128, kSlots = 6, kBoxes = 1;
   static constexpr int kStageBytes = (kBM + kBN) * 128;
   static constexpr int kStagingOffset = kSlots * kStageBytes;
-  static constexpr int kBarrierOffset = kStagingOffset + kConsumers / 128 * kBoxes * 8192;
+  static constexpr int kBarrierOffset = kStagingOffset + kConsumers / 128 * kBoxes * kOutBoxBytes;
   static constexpr int kPlanOffset = kBarrierOffset + (2 * kSlots + 2) * sizeof(uint64_t);
   static constexpr size_t kSmemBytes = kPlanOffset + 1024;  // + alignment slack
 

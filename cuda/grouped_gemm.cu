@@ -511,7 +511,7 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
       if (transpose_weight && encode_tma_kn(&map_w, w, E, K, N, type))
         return run_sm90<Op::kForwardTransposed>(args, map_x, map_w, precision, device, stream, out);
       // tf32 forward up to K = 1024: ping-pong tiles (H100, uniform routing, K = 768 → N = 2048: 1.04–1.10×
-      // at M = 65536, 1.01× at 16384; K = 2048 → N = 768: 0.96–0.99× and 0.98×, so run_tiles there)
+      // at M = 65536, 1.01–1.02× at 16384; K = 2048 → N = 768: 0.96–0.99× and 0.98×, so run_tiles there)
       constexpr int64_t kPingPongMaxK = 1024;
       if (tf32 && !transpose_weight && K <= kPingPongMaxK &&
           encode_tma_rows(&map_w, w, E * N, K, gemm::sm90::PingPongLayout::kBN, type))
