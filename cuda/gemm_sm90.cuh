@@ -499,7 +499,8 @@ __device__ __forceinline__ void store_tile_tma(const float (&acc)[kAcc], const T
                     : make_int2(threadIdx.x / 128 * 64, 128 * round);
   };
   store_tile_tma<kBoxes>(job, staging, map_c, [&](int round, uint8_t* buf) {
-    const int first = kOwnTile ? 16 * (round / kPerHalf) + 4 * kBoxes * (round % kPerHalf) : 16 * round;
+    const int2 rc = at(round);
+    const int first = (kOwnTile ? rc.x / 4 : 0) + rc.y / 8;  // acc[4·first ..]: the round's first columns
 #pragma unroll
     for (int q = 0; q < 4 * kBoxes; ++q)  // columns at(round).y + 8q + 2·(l%4) + {0, 1}, as wgmma's layout
 #pragma unroll

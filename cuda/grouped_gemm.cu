@@ -514,9 +514,9 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
       // at M = 65536, 1.01–1.02× at 16384; K = 2048 → N = 768: 0.96–0.99× and 0.98×, so run_tiles there)
       constexpr int64_t kPingPongMaxK = 1024;
       if (tf32 && !transpose_weight && K <= kPingPongMaxK &&
-          encode_tma_rows(&map_w, w, E * N, K, gemm::sm90::PingPongLayout::kBN, type))
+          encode_tma_rows(&map_w, w, E * N, K, kSm90TileN<true>, type))
         return run_sm90<Precision::kTf32, Op::kForward, true>(args, map_x, map_w, map_y, device, stream);
-      if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, gemm::sm90::kBN, type))
+      if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, kSm90TileN<false>, type))
         return run_sm90<Op::kForward>(args, map_x, map_w, precision, device, stream, out);
     }
   }
