@@ -44,7 +44,6 @@ constexpr int kRows = kBM + kBN;     // a stage is A's kBM rows, then B's kBN ro
 constexpr int kRowStep = kProducers / 8;             // rows rounded at once: 8 threads a row
 constexpr int kAcc = kBN / 2;        // accumulators per thread: 64 × 256 over 128 threads
 constexpr int kOutBoxBytes = 64 * 32 * 4;                 // a box of TMA stores: 64 rows × 32 floats
-constexpr int kStagingPerWarpgroup = 4 * kOutBoxBytes;  // run_tiles' TMA stores: rounds of 4 boxes (store_tile_tma)
 static_assert(kBN <= 256, "a TMA box has at most 256 rows");
 static_assert(kProducers == 128 && kBM % 64 == 0 && kBN % 64 == 0, "transpose's share of the blocks");
 
@@ -67,18 +66,21 @@ struct FloatB {
 // the stage holds r = 0..31 of A row i, or of B row i − kBM; with NF4 weights, B's part is
 // B::kRawBytes of codes instead, see nf4_operand.cuh), for bf16 or NF4 kSlots math stages (rows
 // of 64 bytes for bf16, 128 for tf32; tf32 with float B lands rounded by the TMA unit, so its raw
-// stages are its math stages), with kTmaOut the staging area of store_tile_tma, then the mbarriers
-// of the slots: raw_full (copies landed), full (rounded), empty (consumers done), raw_empty
-// (rounding done, when not in place). Stage s of a block's stream uses slot s % kSlots of each ring.
-template <Precision kP, class B = FloatB, bool kTmaOut = false>
+// stages are its math stages), with kTmaOut the staging area of store_tile_tma (kBoxes boxes a
+// consumer warpgroup), then the mbarriers of the slots: raw_full (copies landed), full (rounded),
+// empty (consumers done), raw_empty (rounding done, when not in place). Stage s of a block's stream
+// uses slot s % kSlots of each ring.
+template <Precision kP, class B = FloatB, bool kTmaOut = false, int kBoxes = 4>
 struct Layout {
   static_assert(kP == Precision::kTf32 || kP == Precision::kBf16, "wgmma path: tf32 and bf16");
   static constexpr bool kInPlace = kP == Precision::kTf32 && !B::kNf4;
   static_assert(!kTmaOut || kInPlace, "TMA stores: the tf32 float paths");
   // see run_tiles for why these suffice; NF4's small raw stages leave room for a 4th in bf16;
-  // the staging area of kTmaOut takes the room of the 4th in place
-  static constexpr int kSlots = (kInPlace && !kTmaOut) || (B::kNf4 && kP == Precision::kBf16) ? 4 : 3;
-  static constexpr int kStagingBytes = kTmaOut ? kConsumers / 128 * kStagingPerWarpgroup : 0;
+  // in place, a staging area of 4 boxes a warpgroup (64 KB) takes the room of the 4th, 1 box does not
+  static_assert(kBoxes == 1 || kBoxes == 4, "staging of 1 or 4 boxes");
+  static constexpr int kOutBoxes = kBoxes;
+  static constexpr int kSlots = (kInPlace && (!kTmaOut || kBoxes == 1)) || (B::kNf4 && kP == Precision::kBf16) ? 4 : 3;
+  static constexpr int kStagingBytes = kTmaOut ? kConsumers / 128 * kBoxes * kOutBoxBytes : 0;
   // stages in flight (being copied) ahead of the rounding; in place, the ring's other slots
   static constexpr int kAhead = kInPlace ? kSlots - 1 : 3;
   static constexpr int kRawPitch = 128, kRawBytes = kBM * kRawPitch + B::kRawBytes;
@@ -448,9 +450,9 @@ __device__ __forceinline__ void warpgroup_sync() {
   asm volatile("bar.sync %0, 128;\n" ::"r"(3 + threadIdx.x / 128) : "memory");
 }
 
-// Byte offset of (row i < 64, column j < 128) in a warpgroup's 32 KB of staging: 4 boxes of
-// 64 rows × 32 columns, 128-byte swizzled as the TMA map reads them (16-byte chunk c of row i at
-// c ^ (i % 8)).
+// Byte offset of (row i < 64, column j < 32·kBoxes) in a warpgroup's kBoxes · 8 KB of staging:
+// boxes of 64 rows × 32 columns, 128-byte swizzled as the TMA map reads them (16-byte chunk c of
+// row i at c ^ (i % 8)).
 __device__ __forceinline__ int staged_at(int i, int j) {
   return j / 32 * kOutBoxBytes + i * 128 + ((j % 32 / 4) ^ (i % 8)) * 16 + j % 4 * 4;
 }
@@ -484,19 +486,18 @@ __device__ __forceinline__ void store_tile_tma(const TileJob& job, uint8_t* stag
   }
 }
 
-// The forward's tile (rows == kBM): warpgroup g's 64 rows, columns [128·round, 128·round + 128)
-// a round, or (kOwnTile) its own 128 × 128 tile, rows [64h, 64h + 64) and 32·kBoxes columns a
-// round; either way acc[4q ..] holds columns 8q.. of the 64 rows (a warp's float2 writes of 8
-// rows meet distinct bank groups).
+// The forward's tile (rows == kBM): warpgroup g's 64 rows, 32·kBoxes columns a round, or
+// (kOwnTile) its own 128 × 128 tile, rows [64h, 64h + 64) and 32·kBoxes columns a round; either
+// way acc[4q ..] holds columns 8q.. of the 64 rows (a warp's float2 writes of 8 rows meet distinct
+// bank groups).
 template <bool kOwnTile = false, int kBoxes = 4>
 __device__ __forceinline__ void store_tile_tma(const float (&acc)[kAcc], const TileJob& job, uint8_t* staging,
                                                const CUtensorMap* map_c) {
-  static_assert(kOwnTile || kBoxes == 4, "the cooperative tile: rounds of 128 columns");
   constexpr int kPerHalf = 4 / kBoxes;  // own tile: rounds a 64-row half
   const int t = threadIdx.x % 128, lane = t % 32;
   const auto at = [&](int round) {
     return kOwnTile ? make_int2(64 * (round / kPerHalf), 32 * kBoxes * (round % kPerHalf))
-                    : make_int2(threadIdx.x / 128 * 64, 128 * round);
+                    : make_int2(threadIdx.x / 128 * 64, 32 * kBoxes * round);
   };
   store_tile_tma<kBoxes>(job, staging, map_c, [&](int round, uint8_t* buf) {
     const int2 rc = at(round);
@@ -608,33 +609,42 @@ __device__ __forceinline__ void store_tile_transposed(const float (&acc)[kAcc], 
 }
 
 // The transposed tile (rows == kBM) by TMA stores: warpgroup g's columns [128g, 128g + 128)
-// (column_of), rows [64·round, 64·round + 64) a round.
+// (column_of), 32·kBoxes of them for 64 rows a round (with 1 box, the threads holding the round's
+// columns fill it, a quarter of them).
+template <int kBoxes = 4>
 __device__ __forceinline__ void store_tile_tma_transposed(const float (&acc)[kAcc], const TileJob& job,
                                                           uint8_t* staging, const CUtensorMap* map_c) {
+  constexpr int kPerHalf = 4 / kBoxes;  // rounds a 64-row half
   const int t = threadIdx.x % 4;
-  store_tile_tma(job, staging, map_c, [&](int round, uint8_t* buf) {
+  const auto at = [&](int round) {
+    return make_int2(64 * (round / kPerHalf), threadIdx.x / 128 * 128 + 32 * kBoxes * (round % kPerHalf));
+  };
+  store_tile_tma<kBoxes>(job, staging, map_c, [&](int round, uint8_t* buf) {
+    const int half = round / kPerHalf, col0 = 32 * kBoxes * (round % kPerHalf);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int j = column_of(h) % 128;
+      const int j = column_of(h) % 128 - col0;
+      if (j < 0 || j >= 32 * kBoxes) continue;
 #pragma unroll
-      for (int q = 0; q < 8; ++q)  // rows 64·round + 8q + 2t + e
+      for (int q = 0; q < 8; ++q)  // rows 64·half + 8q + 2t + e
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int a = 64 * h + 4 * (8 * round + q) + e;
+          const int a = 64 * h + 4 * (8 * half + q) + e;
           *reinterpret_cast<float2*>(buf + staged_at(8 * q + 2 * t + e, j)) = make_float2(acc[a], acc[a + 2]);
         }
     }
-  }, [&](int round) { return make_int2(64 * round, threadIdx.x / 128 * 128); });
+  }, at);
 }
 
 // ---------------------------------------------------------------------------------------------
 // A persistent block's stream: tiles blockIdx.x, blockIdx.x + gridDim.x, … < num_tiles, job(tile)
 // giving each one's operands, depth and output (TileJob; A, B MN-major when kAMN, kBMN; kTmaOut:
-// tiles of kBM rows leave by TMA stores into map_c, store_tile_tma: the tf32 forward, dX, dW). The
+// tiles of kBM rows leave by TMA stores into map_c through kOutBoxes boxes a warpgroup,
+// store_tile_tma: the tf32 forward, dX, dW). The
 // stream's stages are the tiles' num_k = ⌈depth / 32⌉ stages in order (tiles of depth 0 have none
 // and store zeros); stage s is in slot s % kSlots, on pass s / kSlots over the ring. B comes from
 // B (FloatB: float32 boxes of map_b, rounded; Nf4Stages: NF4 codes of map_b and absmax of map_s, decoded).
-// smem: Layout<kP, B, kTmaOut>::kSmemBytes − 1024 bytes, 1024-byte aligned.
+// smem: Layout<kP, B, kTmaOut, kOutBoxes>::kSmemBytes − 1024 bytes, 1024-byte aligned.
 //
 // Producers, stage s: wait on raw_full; (not in place) wait on empty for stage s − kSlots, whose
 // math slot it takes; round, transpose or decode, fence.proxy.async, arrive on full (and on
@@ -655,11 +665,11 @@ __device__ __forceinline__ void store_tile_tma_transposed(const float (&acc)[kAc
 // first step tells, if stage s had landed; if not, before waiting for it (dW 1.05×, dX
 // unchanged). Every wait is for the phase of the slot's current pass; a pass-0 wait on a barrier
 // that guards a free slot asks for parity 1 and returns at once.
-template <Precision kP, bool kAMN, bool kBMN, bool kTmaOut = false, class Job, class B = FloatB>
+template <Precision kP, bool kAMN, bool kBMN, bool kTmaOut = false, int kOutBoxes = 4, class Job, class B = FloatB>
 __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, const Job& job, const CUtensorMap* map_a,
                                           const CUtensorMap* map_b, const B& b_source = B{},
                                           const CUtensorMap* map_s = nullptr, const CUtensorMap* map_c = nullptr) {
-  using L = Layout<kP, B, kTmaOut>;
+  using L = Layout<kP, B, kTmaOut, kOutBoxes>;
   // tf32 with B MN-major: the consumers read B into registers (load_fragment), untransposed, so
   // only bf16 and NF4 (not in place) transpose B.
   constexpr bool kBRegs = L::kInPlace && kBMN;
@@ -798,7 +808,7 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
       mbar_arrive(&empty[prev]);
       fence_acc(acc);
       if (kTmaOut && out.rows == kBM)
-        store_tile_tma_transposed(acc, out, L::staging(smem), map_c);
+        store_tile_tma_transposed<kOutBoxes>(acc, out, L::staging(smem), map_c);
       else
         store_tile_transposed(acc, out);
       continue;
@@ -832,7 +842,7 @@ __device__ __forceinline__ void run_tiles(uint8_t* smem, int64_t num_tiles, cons
       store_tile_staged(acc, out, L::math(smem, prev));
       mbar_arrive(&empty[prev]);
     } else if (kTmaOut && out.rows == kBM) {  // every stage released already
-      store_tile_tma(acc, out, L::staging(smem), map_c);
+      store_tile_tma<false, kOutBoxes>(acc, out, L::staging(smem), map_c);
     } else {
       store_tile<false>(acc, out);
     }

@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(Shape::kThreads) grouped_gemm_kernel(const Gem
 }
 
 // sm_90a (tf32, bf16): the same schedules over 128 × 256 tiles (the tf32 forward at K ≤ 1024: 128 × 128
-// ping-pong tiles, gemm_sm90_pingpong.cuh), wgmma tile math, operands by TMA.
+// ping-pong tiles, gemm_sm90_pingpong.cuh; Sm90Tiles), wgmma tile math, operands by TMA.
 // Forward: map_a over x [M, K], map_b over w as [E·N, K]. dX: map_b over w as [E, K, N]. dW
 // (tiles of dw[e] [N, K], r over the expert's rows): map_a over dy as [1, M, N], map_b over x as
 // [1, M, K]. NF4 forward: map_a as forward, map_b over the codes as [E·N, K/2] bytes and map_c
@@ -193,14 +193,18 @@ template <Op kOp>
 using Sm90B = std::conditional_t<kNf4<kOp>, gemm::Nf4Stages, gemm::sm90::FloatB>;
 template <Precision kP, Op kOp>  // tf32 tiles of float weights leave by TMA stores (store_tile_tma)
 constexpr bool kTmaOut = kP == Precision::kTf32 && !kNf4<kOp>;
-// kPingPong: the tf32 forward's ping-pong tiles of 128 × 128 (gemm_sm90_pingpong.cuh), else run_tiles' 128 × 256.
-template <Precision kP, Op kOp, bool kPingPong>
-using Sm90Layout = std::conditional_t<kPingPong, gemm::sm90::PingPongLayout,
-                                      gemm::sm90::Layout<kP, Sm90B<kOp>, kTmaOut<kP, kOp>>>;
-template <bool kPingPong>
-constexpr int kSm90TileN = kPingPong ? gemm::sm90::PingPongLayout::kBN : gemm::sm90::kBN;
+// The sm_90a kernel's tiles: run_tiles' 128 × 256, with (tf32) 3 slots and 4 boxes a warpgroup of
+// TMA-store staging (kCooperative) or 4 slots and 1 box (kDeepRing), or the tf32 forward's 128 × 128
+// ping-pong tiles (kPingPong, gemm_sm90_pingpong.cuh). The host's rules pick one (grouped_gemm).
+enum class Sm90Tiles { kCooperative, kDeepRing, kPingPong };
+template <Precision kP, Op kOp, Sm90Tiles kTiles>
+using Sm90Layout =
+    std::conditional_t<kTiles == Sm90Tiles::kPingPong, gemm::sm90::PingPongLayout,
+                       gemm::sm90::Layout<kP, Sm90B<kOp>, kTmaOut<kP, kOp>, kTiles == Sm90Tiles::kDeepRing ? 1 : 4>>;
+template <Sm90Tiles kTiles>
+constexpr int kSm90TileN = kTiles == Sm90Tiles::kPingPong ? gemm::sm90::PingPongLayout::kBN : gemm::sm90::kBN;
 
-template <Precision kP, Op kOp, bool kPingPong>
+template <Precision kP, Op kOp, Sm90Tiles kTiles>
 __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
     grouped_gemm_sm90_kernel(const GemmArgs args, const __grid_constant__ CUtensorMap map_a,
                              const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_c) {
@@ -210,7 +214,8 @@ __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
   uint8_t* smem = smem_raw + (1024 - gemm::smem_addr(smem_raw) % 1024) % 1024;  // the swizzles need 1024
   // The plan follows the pipeline where it fits: every thread maps each of its tiles to an expert
   // through it (a search of 2–3 rounds of dependent loads), from shared memory rather than global.
-  const gemm::Plan plan = block_plan(args, smem + Sm90Layout<kP, kOp, kPingPong>::kPlanOffset);
+  using L = Sm90Layout<kP, kOp, kTiles>;
+  const gemm::Plan plan = block_plan(args, smem + L::kPlanOffset);
   if constexpr (kOp == Op::kGradWeight) {
     // dw[e, n0 + i, k0 + j] = Σ_{r < rows_e} dy[row0 + r, n0 + i] · x[row0 + r, k0 + j]
     const auto job = [&](int64_t tile) {
@@ -221,13 +226,14 @@ __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
                           static_cast<int>(t.rows), args.out + (t.expert * args.N + t.n0) * args.K + t.k0, args.K,
                           rows, cols, static_cast<int>(t.expert * args.N + t.n0), static_cast<int>(t.k0)};
     };
-    g90::run_tiles<kP, true, true, kTmaOut<kP, kOp>>(smem, args.E * args.tiles_n * args.tiles_k, job, &map_a, &map_b,
-                                                      g90::FloatB{}, nullptr, &map_c);
+    static_assert(kTiles == Sm90Tiles::kCooperative, "dW: 3 slots and 4 boxes (its tiles are 16 stages deep)");
+    g90::run_tiles<kP, true, true, kTmaOut<kP, kOp>, L::kOutBoxes>(smem, args.E * args.tiles_n * args.tiles_k, job,
+                                                                    &map_a, &map_b, g90::FloatB{}, nullptr, &map_c);
   } else {
     // y[row0 + i, col0 + j] = Σ_k x[row0 + i, k] · w[e, col0 + j, k]   (dX: w[e, k, col0 + j])
     static_assert(kOp != Op::kForwardTransposedNf4, "NF4 dX runs the sm_80 path");
     constexpr bool kTransposed = kOp == Op::kForwardTransposed;
-    constexpr int kTileN = kSm90TileN<kPingPong>;
+    constexpr int kTileN = kSm90TileN<kTiles>;
     const auto job = [&](int64_t tile) {
       const RowTile t = gemm::row_tile(plan, tile, g90::kBM, kTileN, args.tiles_n);
       const int cols = static_cast<int>(min(args.N - t.col0, static_cast<int64_t>(kTileN)));
@@ -236,7 +242,7 @@ __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
                           args.out + t.row0 * args.N + t.col0, args.N, t.rows, cols, static_cast<int>(t.row0),
                           static_cast<int>(t.col0)};
     };
-    if constexpr (kPingPong) {
+    if constexpr (kTiles == Sm90Tiles::kPingPong) {
       static_assert(kP == Precision::kTf32 && kOp == Op::kForward, "ping-pong: the tf32 forward");
       g90::run_tiles_pingpong(smem, plan.tile_start[args.E], job, &map_a, &map_b, &map_c);
     } else if constexpr (kNf4<kOp>) {
@@ -245,8 +251,8 @@ __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
       const gemm::Nf4Stages nf4{code, args.log2_block};
       g90::run_tiles<kP, false, false>(smem, plan.tile_start[args.E], job, &map_a, &map_b, nf4, &map_c);
     } else {
-      g90::run_tiles<kP, false, kTransposed, kTmaOut<kP, kOp>>(smem, plan.tile_start[args.E], job, &map_a, &map_b,
-                                                                g90::FloatB{}, nullptr, &map_c);
+      g90::run_tiles<kP, false, kTransposed, kTmaOut<kP, kOp>, L::kOutBoxes>(smem, plan.tile_start[args.E], job, &map_a,
+                                                                              &map_b, g90::FloatB{}, nullptr, &map_c);
     }
   }
 #else
@@ -418,17 +424,17 @@ bool encode_tma_nf4(CUtensorMap* codes, CUtensorMap* absmax, const uint8_t* pack
                     CU_TENSOR_MAP_SWIZZLE_NONE);
 }
 
-template <Precision kP, Op kOp, bool kPingPong = false>
+template <Precision kP, Op kOp, Sm90Tiles kTiles>
 cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_a, const CUtensorMap& map_b, const CUtensorMap& map_c,
                      const Device& device, cudaStream_t stream) {
   namespace g90 = gemm::sm90;
-  const int64_t max_tiles = set_tiles<kOp>(args, g90::kBM, kSm90TileN<kPingPong>);
+  const int64_t max_tiles = set_tiles<kOp>(args, g90::kBM, kSm90TileN<kTiles>);
   // The plan follows the pipeline in shared memory where the device has room (one block an SM).
-  const auto kernel = grouped_gemm_sm90_kernel<kP, kOp, kPingPong>;
+  const auto kernel = grouped_gemm_sm90_kernel<kP, kOp, kTiles>;
   cudaFuncAttributes attributes{};
   const cudaError_t err = cudaFuncGetAttributes(&attributes, kernel);
   if (err != cudaSuccess) return err;
-  constexpr size_t kSmem = Sm90Layout<kP, kOp, kPingPong>::kSmemBytes;
+  constexpr size_t kSmem = Sm90Layout<kP, kOp, kTiles>::kSmemBytes;
   args.plan_in_smem = attributes.sharedSizeBytes + kSmem + plan_bytes(args.E) <= static_cast<size_t>(device.max_smem);
   const size_t smem = kSmem + (args.plan_in_smem ? plan_bytes(args.E) : 0);
   return with_plan(args, stream, [&](const GemmArgs& planned) {
@@ -440,14 +446,18 @@ cudaError_t run_sm90(GemmArgs args, const CUtensorMap& map_a, const CUtensorMap&
   });
 }
 
+// deep_ring: tf32 takes Sm90Tiles::kDeepRing (the forward and dX).
 template <Op kOp>
 cudaError_t run_sm90(const GemmArgs& args, const CUtensorMap& map_a, const CUtensorMap& map_b,
                      Precision precision, const Device& device, cudaStream_t stream,
-                     const CUtensorMap* map_c = nullptr) {
+                     const CUtensorMap* map_c = nullptr, bool deep_ring = false) {
   const CUtensorMap& c = map_c ? *map_c : map_b;  // unused unless NF4 or tf32 (TMA stores)
-  return precision == Precision::kTf32
-             ? run_sm90<Precision::kTf32, kOp>(args, map_a, map_b, c, device, stream)
-             : run_sm90<Precision::kBf16, kOp>(args, map_a, map_b, c, device, stream);
+  constexpr auto kCooperative = Sm90Tiles::kCooperative;
+  if (precision == Precision::kBf16)
+    return run_sm90<Precision::kBf16, kOp, kCooperative>(args, map_a, map_b, c, device, stream);
+  if constexpr (kOp == Op::kForward || kOp == Op::kForwardTransposed)
+    if (deep_ring) return run_sm90<Precision::kTf32, kOp, Sm90Tiles::kDeepRing>(args, map_a, map_b, c, device, stream);
+  return run_sm90<Precision::kTf32, kOp, kCooperative>(args, map_a, map_b, c, device, stream);
 }
 
 template <Op kOp, Precision kP>
@@ -507,17 +517,22 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
     CUtensorMap map_y;  // tf32's TMA stores of y
     const bool tf32 = precision == Precision::kTf32;
     const CUtensorMap* out = tf32 ? &map_y : nullptr;
+    // tf32 with a mean of ≥ 192 rows an expert: 4 slots, the TMA stores through 1 box a warpgroup
+    // (H100, uniform routing, E = 128, M = 24576–65536: forward (K = 2048 → N = 768) 1.01–1.05×, dX
+    // 1.00–1.05×; at M = 16384, 128 rows, 0.98–0.99×, so 3 slots and 4 boxes there)
+    const bool deep_ring = M >= 192 * E;
     if (!tf32 || encode_tma_out(&map_y, y, M, N)) {
       if (transpose_weight && encode_tma_kn(&map_w, w, E, K, N, type))
-        return run_sm90<Op::kForwardTransposed>(args, map_x, map_w, precision, device, stream, out);
+        return run_sm90<Op::kForwardTransposed>(args, map_x, map_w, precision, device, stream, out, deep_ring);
       // tf32 forward up to K = 1024: ping-pong tiles (H100, uniform routing, K = 768 → N = 2048: 1.04–1.10×
       // at M = 65536, 1.01–1.02× at 16384; K = 2048 → N = 768: 0.96–0.99× and 0.98×, so run_tiles there)
       constexpr int64_t kPingPongMaxK = 1024;
       if (tf32 && !transpose_weight && K <= kPingPongMaxK &&
-          encode_tma_rows(&map_w, w, E * N, K, kSm90TileN<true>, type))
-        return run_sm90<Precision::kTf32, Op::kForward, true>(args, map_x, map_w, map_y, device, stream);
-      if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, kSm90TileN<false>, type))
-        return run_sm90<Op::kForward>(args, map_x, map_w, precision, device, stream, out);
+          encode_tma_rows(&map_w, w, E * N, K, kSm90TileN<Sm90Tiles::kPingPong>, type))
+        return run_sm90<Precision::kTf32, Op::kForward, Sm90Tiles::kPingPong>(args, map_x, map_w, map_y, device,
+                                                                              stream);
+      if (!transpose_weight && encode_tma_rows(&map_w, w, E * N, K, kSm90TileN<Sm90Tiles::kCooperative>, type))
+        return run_sm90<Op::kForward>(args, map_x, map_w, precision, device, stream, out, deep_ring);
     }
   }
   return transpose_weight ? run<Op::kForwardTransposed>(args, precision, vec4, device, stream)
