@@ -226,7 +226,7 @@ __global__ void __launch_bounds__(gemm::sm90::kThreads, 1)
                           static_cast<int>(t.rows), args.out + (t.expert * args.N + t.n0) * args.K + t.k0, args.K,
                           rows, cols, static_cast<int>(t.expert * args.N + t.n0), static_cast<int>(t.k0)};
     };
-    static_assert(kTiles == Sm90Tiles::kCooperative, "dW: 3 slots and 4 boxes (its tiles are 16 stages deep)");
+    static_assert(kTiles == Sm90Tiles::kCooperative, "dW: 3 slots and 4 boxes (its shallow tiles: 0.9x)");
     g90::run_tiles<kP, true, true, kTmaOut<kP, kOp>, L::kOutBoxes>(smem, args.E * args.tiles_n * args.tiles_k, job,
                                                                     &map_a, &map_b, g90::FloatB{}, nullptr, &map_c);
   } else {
@@ -518,8 +518,8 @@ cudaError_t grouped_gemm(const float* x, const float* w, const int32_t* group_si
     const bool tf32 = precision == Precision::kTf32;
     const CUtensorMap* out = tf32 ? &map_y : nullptr;
     // tf32 with a mean of ≥ 192 rows an expert: 4 slots, the TMA stores through 1 box a warpgroup
-    // (H100, uniform routing, E = 128, M = 24576–65536: forward (K = 2048 → N = 768) 1.01–1.05×, dX
-    // 1.00–1.05×; at M = 16384, 128 rows, 0.98–0.99×, so 3 slots and 4 boxes there)
+    // (H100, uniform routing, E = 128, M = 24576–65536: forward (K = 2048 → N = 768) 1.00–1.05×, dX
+    // 0.98–1.06×; at M = 16384, 128 rows, 0.97–0.99×, so 3 slots and 4 boxes there)
     const bool deep_ring = M >= 192 * E;
     if (!tf32 || encode_tma_out(&map_y, y, M, N)) {
       if (transpose_weight && encode_tma_kn(&map_w, w, E, K, N, type))
