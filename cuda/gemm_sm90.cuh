@@ -486,6 +486,14 @@ __device__ __forceinline__ void store_tile_tma(const TileJob& job, uint8_t* stag
   }
 }
 
+// Round `round` over a warpgroup's own 128 × 128 outputs (the ping-pong tile, the transposed tile) in
+// boxes of kBoxes: (half, col0) = rows [64·half, 64·half + 64), columns from col0.
+template <int kBoxes>
+__device__ __forceinline__ int2 square_round(int round) {
+  constexpr int kPerHalf = 4 / kBoxes;  // rounds a 64-row half
+  return make_int2(round / kPerHalf, 32 * kBoxes * (round % kPerHalf));
+}
+
 // The forward's tile (rows == kBM): warpgroup g's 64 rows, 32·kBoxes columns a round, or
 // (kOwnTile) its own 128 × 128 tile, rows [64h, 64h + 64) and 32·kBoxes columns a round; either
 // way acc[4q ..] holds columns 8q.. of the 64 rows (a warp's float2 writes of 8 rows meet distinct
@@ -493,11 +501,10 @@ __device__ __forceinline__ void store_tile_tma(const TileJob& job, uint8_t* stag
 template <bool kOwnTile = false, int kBoxes = 4>
 __device__ __forceinline__ void store_tile_tma(const float (&acc)[kAcc], const TileJob& job, uint8_t* staging,
                                                const CUtensorMap* map_c) {
-  constexpr int kPerHalf = 4 / kBoxes;  // own tile: rounds a 64-row half
   const int t = threadIdx.x % 128, lane = t % 32;
   const auto at = [&](int round) {
-    return kOwnTile ? make_int2(64 * (round / kPerHalf), 32 * kBoxes * (round % kPerHalf))
-                    : make_int2(threadIdx.x / 128 * 64, 32 * kBoxes * round);
+    const int2 hc = square_round<kBoxes>(round);
+    return kOwnTile ? make_int2(64 * hc.x, hc.y) : make_int2(threadIdx.x / 128 * 64, 32 * kBoxes * round);
   };
   store_tile_tma<kBoxes>(job, staging, map_c, [&](int round, uint8_t* buf) {
     const int2 rc = at(round);
@@ -614,22 +621,22 @@ __device__ __forceinline__ void store_tile_transposed(const float (&acc)[kAcc], 
 template <int kBoxes = 4>
 __device__ __forceinline__ void store_tile_tma_transposed(const float (&acc)[kAcc], const TileJob& job,
                                                           uint8_t* staging, const CUtensorMap* map_c) {
-  constexpr int kPerHalf = 4 / kBoxes;  // rounds a 64-row half
   const int t = threadIdx.x % 4;
   const auto at = [&](int round) {
-    return make_int2(64 * (round / kPerHalf), threadIdx.x / 128 * 128 + 32 * kBoxes * (round % kPerHalf));
+    const int2 hc = square_round<kBoxes>(round);
+    return make_int2(64 * hc.x, threadIdx.x / 128 * 128 + hc.y);
   };
   store_tile_tma<kBoxes>(job, staging, map_c, [&](int round, uint8_t* buf) {
-    const int half = round / kPerHalf, col0 = 32 * kBoxes * (round % kPerHalf);
+    const int2 hc = square_round<kBoxes>(round);  // rows of half hc.x, columns from hc.y
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int j = column_of(h) % 128 - col0;
+      const int j = column_of(h) % 128 - hc.y;
       if (j < 0 || j >= 32 * kBoxes) continue;
 #pragma unroll
-      for (int q = 0; q < 8; ++q)  // rows 64·half + 8q + 2t + e
+      for (int q = 0; q < 8; ++q)  // rows 64·hc.x + 8q + 2t + e
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int a = 64 * h + 4 * (8 * half + q) + e;
+          const int a = 64 * h + 4 * (8 * hc.x + q) + e;
           *reinterpret_cast<float2*>(buf + staged_at(8 * q + 2 * t + e, j)) = make_float2(acc[a], acc[a + 2]);
         }
     }
@@ -640,10 +647,10 @@ __device__ __forceinline__ void store_tile_tma_transposed(const float (&acc)[kAc
 // A persistent block's stream: tiles blockIdx.x, blockIdx.x + gridDim.x, … < num_tiles, job(tile)
 // giving each one's operands, depth and output (TileJob; A, B MN-major when kAMN, kBMN; kTmaOut:
 // tiles of kBM rows leave by TMA stores into map_c through kOutBoxes boxes a warpgroup,
-// store_tile_tma: the tf32 forward, dX, dW). The
-// stream's stages are the tiles' num_k = ⌈depth / 32⌉ stages in order (tiles of depth 0 have none
-// and store zeros); stage s is in slot s % kSlots, on pass s / kSlots over the ring. B comes from
-// B (FloatB: float32 boxes of map_b, rounded; Nf4Stages: NF4 codes of map_b and absmax of map_s, decoded).
+// store_tile_tma: the tf32 forward, dX, dW). The stream's stages are the tiles' num_k = ⌈depth /
+// 32⌉ stages in order (tiles of depth 0 have none and store zeros); stage s is in slot s % kSlots,
+// on pass s / kSlots over the ring. B comes from B (FloatB: float32 boxes of map_b, rounded;
+// Nf4Stages: NF4 codes of map_b and absmax of map_s, decoded).
 // smem: Layout<kP, B, kTmaOut, kOutBoxes>::kSmemBytes − 1024 bytes, 1024-byte aligned.
 //
 // Producers, stage s: wait on raw_full; (not in place) wait on empty for stage s − kSlots, whose
